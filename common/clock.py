@@ -1,0 +1,25 @@
+"""The one place chronoq reads the wall clock. Logic takes ``now`` as an argument; tests patch
+:func:`utcnow` (or use freezegun) instead of every call site."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+
+def utcnow() -> datetime:
+    """The current time, timezone-aware, in UTC."""
+    return datetime.now(timezone.utc)
+
+
+def ensure_aware(value: datetime) -> datetime:
+    """Return ``value`` in UTC; a naive value is taken to be UTC (SQLite drops the offset)."""
+    if value.tzinfo is None:
+        return value.replace(tzinfo=timezone.utc)
+    return value.astimezone(timezone.utc)
+
+
+def isoformat(value: datetime | None) -> str | None:
+    """ISO 8601 with an explicit UTC offset and milliseconds, or None."""
+    if value is None:
+        return None
+    return ensure_aware(value).isoformat(timespec="milliseconds")

@@ -1,0 +1,155 @@
+"""The one configuration loader. Every setting comes from an environment variable with the
+``CHRONOQ_`` prefix, the same name in every service (12-factor); :data:`OPTIONS` is the table the
+CLI help and the README are written from."""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from common.errors import ConfigError
+
+PREFIX = "CHRONOQ_"
+
+
+def _bool(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in {"1", "true", "yes", "on"}:
+        return True
+    if value in {"0", "false", "no", "off", ""}:
+        return False
+    raise ValueError(f"expected true/false, got {raw!r}")
+
+
+def _list(raw: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in raw.split(",") if part.strip())
+
+
+def _positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
+    def parse(raw: str) -> Any:
+        value = kind(raw)
+        if value <= 0:
+            raise ValueError(f"must be > 0, got {raw!r}")
+        return value
+
+    return parse
+
+
+def _opt(env: str, default: Any, parse: Callable[[str], Any], help: str) -> Any:
+    return field(default=default, metadata={"env": PREFIX + env, "parse": parse, "help": help})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """chronoq's settings; build one with :func:`load_settings`."""
+
+    home: str = _opt("HOME", ".chronoq", str, "Directory for local state: SQLite file, broker port, logs.")
+    database_url: str = _opt(
+        "DATABASE_URL", "", str,
+        "SQLAlchemy URL of the database; default: a SQLite file in CHRONOQ_HOME.",
+    )
+    db_pool_size: int = _opt("DB_POOL_SIZE", 10, _positive(int), "Connections per process (PostgreSQL).")
+    kafka_bootstrap: str = _opt("KAFKA_BOOTSTRAP", "127.0.0.1:9092", str, "Kafka bootstrap servers, comma separated.")
+    topic_jobs: str = _opt("TOPIC_JOBS", "scheduled-jobs-topic", str, "Topic the scanner publishes due jobs to.")
+    topic_updates: str = _opt(
+        "TOPIC_UPDATES", "scheduled-updated-jobs-topic", str, "Topic executors publish transitions to."
+    )
+    topic_dlq: str = _opt("TOPIC_DLQ", "scheduled-jobs-dlq", str, "Dead-letter topic.")
+    topic_partitions: int = _opt("TOPIC_PARTITIONS", 6, _positive(int), "Partitions when chronoq creates its topics.")
+    kafka_session_timeout_ms: int = _opt(
+        "KAFKA_SESSION_TIMEOUT_MS", 10000, _positive(int), "Consumer-group session timeout."
+    )
+    kafka_max_poll_interval_ms: int = _opt(
+        "KAFKA_MAX_POLL_INTERVAL_MS", 30000, _positive(int), "Longest pause between polls before a member is evicted."
+    )
+    max_message_bytes: int = _opt(
+        "MAX_MESSAGE_BYTES", 1_000_000, _positive(int), "Messages larger than this go to the dead-letter topic."
+    )
+    scan_interval_seconds: float = _opt(
+        "SCAN_INTERVAL_SECONDS", 60.0, _positive(float), "Scanner window length; it wakes at every window boundary."
+    )
+    scan_batch_size: int = _opt("SCAN_BATCH_SIZE", 500, _positive(int), "Jobs claimed per scanner transaction.")
+    lease_seconds: float = _opt(
+        "LEASE_SECONDS", 30.0, _positive(float),
+        "How long after its due time (or its timeout, once running) a dispatched job may stay silent "
+        "before the scanner dispatches it again.",
+    )
+    executor_id: str = _opt("EXECUTOR_ID", "", str, "Name of this executor in the history; default host:pid.")
+    executor_workers: int = _opt("EXECUTOR_WORKERS", 32, _positive(int), "Jobs one executor runs at once.")
+    default_max_retries: int = _opt("DEFAULT_MAX_RETRIES", 3, int, "Retries of a job that does not say (0-10).")
+    default_timeout_seconds: float = _opt(
+        "DEFAULT_TIMEOUT_SECONDS", 300.0, _positive(float), "Timeout of a job that does not say."
+    )
+    retry_backoff_seconds: float = _opt(
+        "RETRY_BACKOFF_SECONDS", 2.0, _positive(float), "First retry delay; doubles each retry."
+    )
+    retry_backoff_max_seconds: float = _opt(
+        "RETRY_BACKOFF_MAX_SECONDS", 300.0, _positive(float), "Longest retry delay."
+    )
+    retry_jitter: float = _opt("RETRY_JITTER", 0.1, float, "Random share (0-1) added to each retry delay.")
+    shell_enabled: bool = _opt("SHELL_ENABLED", False, _bool, "Allow the `shell` job type.")
+    http_allowed_hosts: tuple[str, ...] = _opt(
+        "HTTP_ALLOWED_HOSTS", (), _list,
+        "Hosts `http` jobs may call (comma separated, `*.example.com` allowed); empty: any host.",
+    )
+    handlers: tuple[str, ...] = _opt(
+        "HANDLERS", (), _list, "Extra job types as `type=package.module:function`, comma separated."
+    )
+    api_host: str = _opt("API_HOST", "127.0.0.1", str, "Address the API binds to.")
+    api_port: int = _opt("API_PORT", 8080, _positive(int), "Port the API listens on.")
+    api_workers: int = _opt("API_WORKERS", 2, _positive(int), "gunicorn worker processes.")
+    max_payload_bytes: int = _opt(
+        "MAX_PAYLOAD_BYTES", 65536, _positive(int), "Largest accepted job payload (JSON-encoded)."
+    )
+    max_request_bytes: int = _opt(
+        "MAX_REQUEST_BYTES", 4 * 1024 * 1024, _positive(int), "Largest accepted request body."
+    )
+    past_tolerance_seconds: float = _opt(
+        "PAST_TOLERANCE_SECONDS", 5.0, float, "How far in the past an `execute_at` may be and still be accepted."
+    )
+    log_level: str = _opt("LOG_LEVEL", "INFO", str, "Log level of every service.")
+
+    @property
+    def resolved_database_url(self) -> str:
+        """The database URL, defaulting to a SQLite file in :attr:`home`."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{Path(self.home).resolve() / 'chronoq.db'}"
+
+    @property
+    def resolved_executor_id(self) -> str:
+        return self.executor_id or f"{socket.gethostname()}:{os.getpid()}"
+
+    @property
+    def topics(self) -> tuple[str, str, str]:
+        return (self.topic_jobs, self.topic_updates, self.topic_dlq)
+
+
+def options() -> list[tuple[str, str, Any]]:
+    """(variable, help, default) of every setting, for CLI help and docs."""
+    return [(f.metadata["env"], f.metadata["help"], f.default) for f in fields(Settings)]
+
+
+def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+    """Read every ``CHRONOQ_*`` variable; a bad value raises :class:`ConfigError` naming it."""
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for f in fields(Settings):
+        name = f.metadata["env"]
+        raw = env.get(name)
+        if raw is None or raw == "" and f.default != "":
+            continue
+        try:
+            values[f.name] = f.metadata["parse"](raw)
+        except ValueError as exc:
+            raise ConfigError(f"{name}: {exc}") from None
+    values.update(overrides)
+    settings = Settings(**values)
+    if not 0 <= settings.default_max_retries <= 10:
+        raise ConfigError(f"{PREFIX}DEFAULT_MAX_RETRIES: must be 0-10, got {settings.default_max_retries}")
+    if not 0 <= settings.retry_jitter <= 1:
+        raise ConfigError(f"{PREFIX}RETRY_JITTER: must be 0-1, got {settings.retry_jitter}")
+    return settings

@@ -1,0 +1,88 @@
+"""The consumer loop both Kafka consumers share: one thread polls, hands each batch to a
+handler, and commits the offsets only once the handler says the batch is recorded. Broker
+errors are logged and retried with backoff; the loop never dies of them."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any, Callable, Sequence
+
+from common.config import Settings
+from common.errors import BrokerUnavailable
+from common.kafka import BrokerError, make_consumer
+
+log = logging.getLogger(__name__)
+
+#: A handler records a batch and returns True, or returns False when it was stopped before
+#: recording everything (then nothing is committed and the batch is delivered again).
+BatchHandler = Callable[[Sequence[Any]], bool]
+
+
+class ConsumerLoop:
+    """Poll ``topic`` as a member of ``group_id`` until ``stop`` is set."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        topic: str,
+        group_id: str,
+        handle: BatchHandler,
+        stop: threading.Event,
+        max_records: int = 500,
+        client_id: str = "chronoq",
+    ) -> None:
+        self.settings = settings
+        self.topic = topic
+        self.group_id = group_id
+        self.handle = handle
+        self.stop = stop
+        self.max_records = max_records
+        self.client_id = client_id
+        self.assigned = threading.Event()  # set once the group gave this member partitions
+
+    def run(self) -> None:
+        backoff = 0.5
+        consumer = None
+        try:
+            while not self.stop.is_set():
+                if consumer is None:
+                    try:
+                        consumer = make_consumer(self.settings, self.topic, self.group_id, self.client_id)
+                    except BrokerUnavailable as exc:
+                        backoff = self._wait(backoff, f"cannot join {self.group_id}: {exc}")
+                        continue
+                try:
+                    polled = consumer.poll(timeout_ms=500, max_records=self.max_records)
+                except BrokerError as exc:
+                    backoff = self._wait(backoff, f"poll of {self.topic} failed: {exc!r}")
+                    continue
+                backoff = 0.5
+                if consumer.assignment():
+                    self.assigned.set()
+                records = [record for batch in polled.values() for record in batch]
+                if not records:
+                    continue
+                if not self.handle(records):
+                    log.info("stopped before recording %d messages; they stay uncommitted", len(records))
+                    break
+                try:
+                    consumer.commit()
+                except BrokerError as exc:
+                    log.warning(
+                        "commit on %s failed (%r); those %d messages will be delivered again and applied "
+                        "idempotently", self.topic, exc, len(records),
+                    )
+        finally:
+            if consumer is not None:
+                try:
+                    consumer.close(autocommit=False)
+                except BrokerError as exc:
+                    log.warning("closing the consumer failed: %r", exc)
+            log.info("consumer of %s (group %s) closed", self.topic, self.group_id)
+
+    def _wait(self, backoff: float, why: str) -> float:
+        log.warning("%s; retrying in %.1fs", why, backoff)
+        self.stop.wait(backoff)
+        return min(backoff * 2, 10.0)

@@ -1,0 +1,72 @@
+"""Claim jobs and publish them to the jobs topic; shared by the scanner and the API's direct
+dispatch. The claim commits before the publish: a message that is then not acknowledged
+puts its job back to SCHEDULED, and one that was lost later is recovered by the lease."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Callable
+
+from sqlalchemy.orm import Session
+
+from common import store
+from common.config import Settings
+from common.db import session_scope
+from common.kafka import Producer
+from common.messages import DeadLetter, encode_dispatch
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DispatchResult:
+    published: int = 0
+    unpublished: int = 0  # put back to SCHEDULED for the next scan
+    exhausted: int = 0    # FAILED: lease ran out and no retries were left
+
+    def __iadd__(self, other: "DispatchResult") -> "DispatchResult":
+        self.published += other.published
+        self.unpublished += other.unpublished
+        self.exhausted += other.exhausted
+        return self
+
+
+def dispatch(
+    settings: Settings,
+    producer: Producer,
+    claim: Callable[[Session], store.Claimed],
+    *,
+    now: datetime,
+) -> DispatchResult:
+    """Run ``claim`` in one transaction, then publish what it claimed, keyed by job id."""
+    with session_scope(settings) as session:
+        claimed = claim(session)
+    for job_id in claimed.exhausted:
+        log.error("job %s FAILED: its lease ran out and no retries are left", job_id)
+        producer.dead_letter(DeadLetter(reason="lease expired, retries exhausted", job_id=str(job_id)))
+    result = DispatchResult(exhausted=len(claimed.exhausted))
+    if not claimed.messages:
+        return result
+    acked = producer.send_all(
+        settings.topic_jobs, [(m.key, encode_dispatch(m)) for m in claimed.messages]
+    )
+    failed = [m for m, ok in zip(claimed.messages, acked) if not ok]
+    result.published = len(claimed.messages) - len(failed)
+    if failed:
+        with session_scope(settings) as session:
+            for message in failed:
+                store.unclaim(session, message.job_id, message.token, now=now)
+        result.unpublished = len(failed)
+        log.warning("%d dispatches not acknowledged by Kafka; put back for the next scan", len(failed))
+    return result
+
+
+def dispatch_ids(settings: Settings, producer: Producer, ids: list[uuid.UUID], *, now: datetime) -> DispatchResult:
+    """Dispatch these jobs now if they are still SCHEDULED (the API, for jobs due too soon for
+    the scanner)."""
+    return dispatch(
+        settings, producer, lambda s: store.claim_ids(s, ids, now=now, lease=settings.lease_seconds), now=now
+    )

@@ -1,0 +1,174 @@
+"""The one Kafka producer factory, consumer factory and topic set-up. kafka-python errors are
+wrapped here into :class:`BrokerUnavailable`; services never catch a kafka-python type."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+from kafka.admin import NewTopic
+from kafka.errors import KafkaError, TopicAlreadyExistsError, UnknownProducerIdError
+
+from common.config import Settings
+from common.errors import BrokerUnavailable
+from common.messages import DeadLetter
+
+log = logging.getLogger(__name__)
+
+#: kafka-python's base error, re-exported so services can say "any broker error" without
+#: importing the driver.
+BrokerError = KafkaError
+
+
+def _servers(settings: Settings) -> list[str]:
+    return [s.strip() for s in settings.kafka_bootstrap.split(",") if s.strip()]
+
+
+class Producer:
+    """A thread-safe producer that rebuilds its KafkaProducer after a fatal error.
+
+    Idempotence is off: after a broker loses its state an idempotent producer fails every send
+    with ``UnknownProducerIdError`` until it is recreated, and chronoq already tolerates a
+    duplicate message (dispatch tokens and monotonic updates)."""
+
+    def __init__(self, settings: Settings, client_id: str = "chronoq") -> None:
+        self._settings = settings
+        self._client_id = client_id
+        self._lock = threading.Lock()
+        self._producer: KafkaProducer | None = None
+
+    def _get(self) -> KafkaProducer:
+        with self._lock:
+            if self._producer is None:
+                try:
+                    self._producer = KafkaProducer(
+                        bootstrap_servers=_servers(self._settings),
+                        client_id=self._client_id,
+                        acks="all",
+                        enable_idempotence=False,
+                        linger_ms=2,
+                        retries=5,
+                        max_block_ms=5000,
+                        request_timeout_ms=10000,
+                        delivery_timeout_ms=20000,
+                        max_request_size=max(self._settings.max_message_bytes * 2, 1_048_576),
+                    )
+                except KafkaError as exc:
+                    raise BrokerUnavailable(f"cannot reach Kafka at {self._settings.kafka_bootstrap}: {exc}") from exc
+            return self._producer
+
+    def _reset(self) -> None:
+        with self._lock:
+            producer, self._producer = self._producer, None
+        if producer is not None:
+            try:
+                producer.close(timeout=1)
+            except Exception:  # closing a broken producer may fail too; it is being replaced
+                log.debug("closing a broken producer failed", exc_info=True)
+
+    def send(self, topic: str, key: bytes, value: bytes) -> Any:
+        """Queue one message; returns kafka-python's future (``.get(timeout)`` waits for the ack)."""
+        try:
+            return self._get().send(topic, key=key, value=value)
+        except KafkaError as exc:
+            self._reset()
+            raise BrokerUnavailable(f"cannot publish to {topic}: {exc}") from exc
+
+    def send_all(self, topic: str, messages: list[tuple[bytes, bytes]], timeout: float = 15.0) -> list[bool]:
+        """Publish many messages and wait for each acknowledgement; returns which were acked."""
+        futures: list[Any] = []
+        for key, value in messages:
+            try:
+                futures.append(self.send(topic, key, value))
+            except BrokerUnavailable as exc:
+                log.warning("publish to %s failed: %s", topic, exc)
+                futures.append(None)
+        self.flush(timeout)
+        acked = []
+        for future in futures:
+            ok = False
+            if future is not None:
+                try:
+                    future.get(timeout=timeout)
+                    ok = True
+                except UnknownProducerIdError:
+                    self._reset()
+                except KafkaError as exc:
+                    log.warning("publish to %s not acknowledged: %s", topic, exc)
+            acked.append(ok)
+        return acked
+
+    def send_and_wait(self, topic: str, key: bytes, value: bytes, timeout: float = 15.0) -> None:
+        """Publish one message and wait for the broker's acknowledgement."""
+        if not self.send_all(topic, [(key, value)], timeout)[0]:
+            raise BrokerUnavailable(f"{topic}: message for {key.decode(errors='replace')} not acknowledged")
+
+    def dead_letter(self, letter: DeadLetter) -> None:
+        """Publish to the dead-letter topic; a failure is logged, never raised (best effort)."""
+        key = (letter.job_id or "").encode()
+        try:
+            self.send(self._settings.topic_dlq, key, letter.encode())
+        except BrokerUnavailable as exc:
+            log.error("could not dead-letter (%s): %s", letter.reason, exc)
+
+    def flush(self, timeout: float = 15.0) -> None:
+        producer = self._producer
+        if producer is None:
+            return
+        try:
+            producer.flush(timeout=timeout)
+        except KafkaError as exc:
+            log.warning("flush failed: %s", exc)
+
+    def close(self, timeout: float = 5.0) -> None:
+        self.flush(timeout)
+        with self._lock:
+            producer, self._producer = self._producer, None
+        if producer is not None:
+            producer.close(timeout=timeout)
+
+
+def make_consumer(settings: Settings, topic: str, group_id: str, client_id: str = "chronoq") -> KafkaConsumer:
+    """A consumer-group member on ``topic`` with manual commits (offsets are committed only
+    after the work they stand for is recorded)."""
+    try:
+        return KafkaConsumer(
+            topic,
+            bootstrap_servers=_servers(settings),
+            client_id=client_id,
+            group_id=group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            session_timeout_ms=settings.kafka_session_timeout_ms,
+            heartbeat_interval_ms=max(500, settings.kafka_session_timeout_ms // 5),
+            max_poll_interval_ms=settings.kafka_max_poll_interval_ms,
+            max_partition_fetch_bytes=max(settings.max_message_bytes * 2, 1_048_576),
+            request_timeout_ms=max(settings.kafka_session_timeout_ms + 5000, 30000),
+        )
+    except KafkaError as exc:
+        raise BrokerUnavailable(f"cannot reach Kafka at {settings.kafka_bootstrap}: {exc}") from exc
+
+
+def ensure_topics(settings: Settings) -> None:
+    """Create chronoq's three topics if they do not exist yet."""
+    try:
+        admin = KafkaAdminClient(bootstrap_servers=_servers(settings), client_id="chronoq-admin")
+    except KafkaError as exc:
+        raise BrokerUnavailable(f"cannot reach Kafka at {settings.kafka_bootstrap}: {exc}") from exc
+    try:
+        existing = set(admin.list_topics())
+        missing = [
+            NewTopic(name, settings.topic_partitions, 1) for name in settings.topics if name not in existing
+        ]
+        if missing:
+            try:
+                admin.create_topics(missing)
+            except TopicAlreadyExistsError:
+                pass  # another process created them first
+            log.info("created topics %s", ", ".join(t.name for t in missing))
+    except KafkaError as exc:
+        raise BrokerUnavailable(f"cannot create topics: {exc}") from exc
+    finally:
+        admin.close()

@@ -1,0 +1,42 @@
+"""Stopping cleanly: SIGTERM/SIGINT set a stop event; a second signal exits at once."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+from contextlib import contextmanager
+from typing import Iterator
+
+log = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_CONFIG = 2        # a setting is missing or invalid
+EXIT_UNAVAILABLE = 3   # the database or the broker could not be reached at start-up
+EXIT_FORCED = 130      # a second signal cut the clean stop short
+
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+@contextmanager
+def on_stop(stop: threading.Event, what: str = "service") -> Iterator[threading.Event]:
+    """Within the block, the first SIGTERM/SIGINT sets ``stop``; a second one exits the process.
+    The previous handlers are restored afterwards (so in-process tests are not affected)."""
+
+    def handler(signum: int, _frame: object) -> None:
+        if stop.is_set():
+            log.warning("second %s: exiting now without a clean stop", signal.Signals(signum).name)
+            os._exit(EXIT_FORCED)
+        log.info(
+            "%s received: %s is stopping cleanly (send it again to exit at once)",
+            signal.Signals(signum).name, what,
+        )
+        stop.set()
+
+    previous = {sig: signal.signal(sig, handler) for sig in _STOP_SIGNALS}
+    try:
+        yield stop
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)

@@ -1,0 +1,105 @@
+"""Shared fixtures: a PostgreSQL database per test run (migrated once, emptied between tests),
+a tansu broker per session, and settings that nothing in the developer's shell can change."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from typing import Iterator
+
+import pytest
+import sqlalchemy as sa
+
+from common.broker import LocalBroker
+from common.config import PREFIX, Settings, load_settings
+from common.db import dispose_engines, get_engine
+from common.migrate import upgrade
+
+IN_CI = bool(os.environ.get("CI"))
+PG_ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
+
+# Fast defaults for tests: short group timeouts (a tansu group join then takes ~3 s), fast
+# retries, a short lease.
+TEST_SETTINGS = dict(
+    kafka_session_timeout_ms=6000,
+    kafka_max_poll_interval_ms=10000,
+    topic_partitions=3,
+    retry_backoff_seconds=0.2,
+    retry_backoff_max_seconds=2.0,
+    retry_jitter=0.0,
+    lease_seconds=10.0,
+    scan_interval_seconds=2.0,
+)
+
+
+def _unavailable(what: str, exc: Exception) -> None:
+    message = f"{what} is not available: {exc}"
+    if IN_CI:
+        pytest.fail(message)  # CI must not go green by skipping the real services
+    pytest.skip(message)
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name.startswith(PREFIX):
+            monkeypatch.delenv(name)
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    """A fresh, migrated PostgreSQL database for this test run, dropped at the end."""
+    admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    name = f"chronoq_test_{uuid.uuid4().hex[:10]}"
+    try:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    except sa.exc.OperationalError as exc:
+        _unavailable("PostgreSQL", exc)
+    url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    upgrade(load_settings({}, database_url=url))
+    yield url
+    dispose_engines()
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def broker() -> Iterator[LocalBroker]:
+    """A tansu broker for the whole session, stopped by PID at the end."""
+    try:
+        local = LocalBroker().start()
+    except Exception as exc:  # noqa: BLE001 - any failure to start means "not available"
+        _unavailable("the tansu broker", exc)
+    yield local
+    local.stop()
+
+
+@pytest.fixture
+def settings(pg_url: str) -> Iterator[Settings]:
+    """Settings on the test database, emptied before each test."""
+    result = load_settings({}, database_url=pg_url, **TEST_SETTINGS)
+    with get_engine(result).begin() as conn:
+        conn.execute(sa.text("TRUNCATE job_attempts, jobs"))
+    yield result
+
+
+@pytest.fixture
+def kafka_settings(settings: Settings, broker: LocalBroker) -> Settings:
+    """Settings on the test database and broker, with topics unique to this test (so no test
+    sees another's messages) and already created."""
+    from dataclasses import replace
+
+    from common.kafka import ensure_topics
+
+    suffix = uuid.uuid4().hex[:8]
+    result = replace(
+        settings,
+        kafka_bootstrap=broker.bootstrap,
+        topic_jobs=f"jobs-{suffix}",
+        topic_updates=f"updates-{suffix}",
+        topic_dlq=f"dlq-{suffix}",
+    )
+    ensure_topics(result)
+    return result
