@@ -71,6 +71,11 @@ class Settings:
     scan_interval_seconds: float = _opt(
         "SCAN_INTERVAL_SECONDS", 60.0, _positive(float), "Scanner window length; it wakes at every window boundary."
     )
+    sweep_interval_seconds: float = _opt(
+        "SWEEP_INTERVAL_SECONDS", 5.0, _positive(float),
+        "Between window boundaries the scanner also looks this often for overdue jobs and "
+        "expired leases, so a lost dispatch is recovered within about one lease.",
+    )
     scan_batch_size: int = _opt("SCAN_BATCH_SIZE", 500, _positive(int), "Jobs claimed per scanner transaction.")
     lease_seconds: float = _opt(
         "LEASE_SECONDS", 30.0, _positive(float),

@@ -7,7 +7,11 @@ import os
 import signal
 import threading
 from contextlib import contextmanager
-from typing import Iterator
+from typing import TYPE_CHECKING
+from typing import Callable, Iterator, Protocol
+
+if TYPE_CHECKING:
+    from common.config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -40,3 +44,27 @@ def on_stop(stop: threading.Event, what: str = "service") -> Iterator[threading.
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
+
+
+class Service(Protocol):
+    def run(self) -> None: ...
+
+
+def run_service(name: str, build: Callable[["Settings", threading.Event], Service]) -> int:
+    """The body of every ``python -m <service>``: load settings (a bad one exits 2 naming the
+    variable), set up logging, build the service and run it until SIGTERM/SIGINT."""
+    import sys
+
+    from common.config import load_settings
+    from common.errors import ConfigError
+    from common.logs import setup_logging
+
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        print(f"chronoq {name}: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    setup_logging(settings.log_level, name)
+    with on_stop(threading.Event(), name) as stop:
+        build(settings, stop).run()
+    return EXIT_OK

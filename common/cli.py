@@ -1,0 +1,90 @@
+"""The ``chronoq`` command: ``up`` (everything locally), ``migrate``, ``topics``, ``config``,
+and one subcommand per service (``api``, ``scanner``, ``executor``, ``results``), which replaces
+itself with ``python -m <service>`` so signals reach the service directly."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from common.config import load_settings, options
+from common.errors import ChronoqError, ConfigError
+from common.lifecycle import EXIT_CONFIG, EXIT_OK, EXIT_UNAVAILABLE
+from common.logs import setup_logging
+
+SERVICES = {
+    "api": ("api", "the HTTP API under gunicorn"),
+    "scanner": ("scheduler_service", "the scanner: dispatches due jobs to Kafka"),
+    "executor": ("executor_service", "an executor: fires jobs on time, retries failures"),
+    "results": ("result_service", "the result writer: records status and history"),
+}
+
+
+def _settings_epilog() -> str:
+    lines = ["settings (environment variables):"]
+    for env, help_text, default in options():
+        shown = ",".join(default) if isinstance(default, tuple) else default
+        lines.append(f"  {env:<36} {help_text} [default: {shown!r}]")
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="chronoq",
+        description="chronoq runs jobs at an exact future time.",
+        epilog=_settings_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    up = sub.add_parser("up", help="start everything locally: broker, database, API, scanner, executor, results")
+    up.add_argument("--port", type=int, help="API port (CHRONOQ_API_PORT, default 8080)")
+    up.add_argument("--home", help="directory for local state (CHRONOQ_HOME, default ./.chronoq)")
+    up.add_argument("--executors", type=int, default=1, help="executor processes to start (default 1)")
+    sub.add_parser("migrate", help="create or upgrade the database schema (CHRONOQ_DATABASE_URL)")
+    sub.add_parser("topics", help="create the Kafka topics (CHRONOQ_KAFKA_BOOTSTRAP, CHRONOQ_TOPIC_*)")
+    sub.add_parser("config", help="print the effective settings")
+    for name, (_module, help_text) in SERVICES.items():
+        sub.add_parser(name, help=f"run {help_text}")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command in SERVICES:
+        module = SERVICES[args.command][0]
+        os.execv(sys.executable, [sys.executable, "-m", module])
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        print(f"chronoq: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    setup_logging(settings.log_level, "chronoq")
+    log = logging.getLogger("chronoq")
+    try:
+        if args.command == "up":
+            from common.localrun import run_local
+
+            return run_local(settings, port=args.port, home=args.home, executors=args.executors)
+        if args.command == "migrate":
+            from common.migrate import upgrade
+
+            upgrade(settings)
+        elif args.command == "topics":
+            from common.kafka import ensure_topics
+
+            ensure_topics(settings)
+            log.info("topics ready: %s", ", ".join(settings.topics))
+        elif args.command == "config":
+            for env, _help, _default in options():
+                field = env.removeprefix("CHRONOQ_").lower()
+                print(f"{env}={getattr(settings, field)!r}")
+    except ChronoqError as exc:
+        log.error("%s", exc)
+        return EXIT_UNAVAILABLE
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,140 @@
+"""``chronoq up``: the whole system on one machine with embedded defaults. It starts a tansu
+broker on a free port, migrates the database (a SQLite file in CHRONOQ_HOME unless
+CHRONOQ_DATABASE_URL says otherwise), then runs the API, a scanner, executors and a result
+writer as child processes, prefixing their log lines, until Ctrl-C or SIGTERM."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import IO
+
+from common.broker import LocalBroker
+from common.config import Settings
+from common.kafka import ensure_topics
+from common.lifecycle import EXIT_OK, on_stop
+from common.migrate import upgrade
+
+log = logging.getLogger("chronoq.up")
+
+# Start order; they stop in reverse, so the API stops taking jobs first and the result writer
+# records the last updates before it goes.
+CHILDREN = [
+    ("results", "result_service"),
+    ("executor", "executor_service"),
+    ("scanner", "scheduler_service"),
+    ("api", "api"),
+]
+STOP_TIMEOUT = 30.0
+
+
+class Child:
+    """One service process whose output is copied, prefixed, to our stdout and a log file."""
+
+    def __init__(self, name: str, module: str, env: dict[str, str], log_dir: Path, width: int) -> None:
+        self.name = name
+        self.log_file: IO[str] = open(log_dir / f"{name}.log", "a", encoding="utf-8")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", module],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            bufsize=1,
+            start_new_session=True,  # Ctrl-C reaches only us; we stop the children in order
+        )
+        self.prefix = f"{name:<{width}} | "
+        self.pump = threading.Thread(target=self._copy, name=f"log-{name}", daemon=True)
+        self.pump.start()
+
+    def _copy(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            sys.stdout.write(self.prefix + line)
+            sys.stdout.flush()
+            self.log_file.write(line)
+            self.log_file.flush()
+
+    def stop(self, timeout: float) -> int | None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                log.warning("%s did not stop within %.0fs; killing it", self.name, timeout)
+                self.process.kill()
+                self.process.wait()
+        self.pump.join(timeout=2)
+        self.log_file.close()
+        return self.process.returncode
+
+
+def run_local(settings: Settings, *, port: int | None = None, home: str | None = None, executors: int = 1) -> int:
+    """Run everything until stopped; returns the exit code."""
+    home_dir = Path(home or settings.home).resolve()
+    log_dir = home_dir / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    settings = replace(settings, home=str(home_dir), api_port=port or settings.api_port)
+    sqlite = not settings.database_url
+
+    broker = LocalBroker(log_path=log_dir / "broker.log").start()
+    (home_dir / "broker.port").write_text(f"{broker.port}\n")
+    children: list[Child] = []
+    crashed = False
+    try:
+        settings = replace(settings, kafka_bootstrap=broker.bootstrap)
+        ensure_topics(settings)
+        upgrade(settings)
+        env = {
+            **os.environ,
+            "CHRONOQ_HOME": settings.home,
+            "CHRONOQ_DATABASE_URL": settings.resolved_database_url,
+            "CHRONOQ_KAFKA_BOOTSTRAP": broker.bootstrap,
+            "CHRONOQ_API_PORT": str(settings.api_port),
+            # One machine: a short group session makes the executors join in seconds.
+            "CHRONOQ_KAFKA_SESSION_TIMEOUT_MS": os.environ.get("CHRONOQ_KAFKA_SESSION_TIMEOUT_MS", "6000"),
+            "CHRONOQ_KAFKA_MAX_POLL_INTERVAL_MS": os.environ.get("CHRONOQ_KAFKA_MAX_POLL_INTERVAL_MS", "10000"),
+            "PYTHONUNBUFFERED": "1",
+        }
+        if sqlite:
+            env.setdefault("CHRONOQ_API_WORKERS", "1")  # one SQLite writer is plenty locally
+        names = [(n, m) for n, m in CHILDREN if n != "executor"]
+        names[1:1] = [(f"executor{i + 1}" if executors > 1 else "executor", "executor_service") for i in range(executors)]
+        width = max(len(n) for n, _ in names)
+        with on_stop(threading.Event(), "chronoq up") as stop:
+            for name, module in names:
+                children.append(Child(name, module, env, log_dir, width))
+            base = f"http://{'127.0.0.1' if settings.api_host in ('0.0.0.0', '') else settings.api_host}:{settings.api_port}"
+            print(
+                f"\nchronoq is up (state in {settings.home})\n"
+                f"  API      {base}/api/jobs\n"
+                f"  docs     {base}/docs  (OpenAPI: {base}/openapi.json)\n"
+                f"  database {settings.resolved_database_url}\n"
+                f"  broker   {broker.bootstrap} (tansu, memory storage)\n"
+                f"  logs     {log_dir}\n"
+                "Press Ctrl-C to stop.\n",
+                flush=True,
+            )
+            while not stop.wait(0.5):
+                dead = [c for c in children if c.process.poll() is not None]
+                if dead:
+                    log.error(
+                        "%s exited with code %s; stopping everything",
+                        dead[0].name, dead[0].process.returncode,
+                    )
+                    crashed = True
+                    break
+        return 1 if crashed else EXIT_OK
+    finally:
+        started = time.monotonic()
+        for child in reversed(children):
+            code = child.stop(STOP_TIMEOUT)
+            log.info("%s stopped (exit code %s)", child.name, code)
+        broker.stop()
+        log.info("broker stopped; everything stopped in %.1fs", time.monotonic() - started)

@@ -1,0 +1,1 @@
+"""The result writer: records executors' updates (status, output, history) in the database."""

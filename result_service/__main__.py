@@ -1,0 +1,3 @@
+from result_service.main import main
+
+raise SystemExit(main())

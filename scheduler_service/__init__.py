@@ -1,0 +1,1 @@
+"""The scanner: dispatches due jobs from the database to the jobs topic."""

@@ -1,0 +1,3 @@
+from scheduler_service.main import main
+
+raise SystemExit(main())

@@ -1,0 +1,102 @@
+"""The scanner loop as a step function: :meth:`Scanner.scan` claims and publishes everything
+due before the dispatch horizon; :meth:`Scanner.run` calls it at every window boundary (and
+every sweep interval between them) until stopped."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from datetime import datetime, timedelta
+from typing import Callable
+
+from common import store
+from common.clock import utcnow
+from common.config import Settings
+from common.dispatch import DispatchResult, dispatch
+from common.errors import BrokerUnavailable, DatabaseUnavailable
+from common.kafka import Producer
+from common.windows import dispatch_horizon, next_boundary
+
+log = logging.getLogger(__name__)
+
+
+def next_wake(now: datetime, interval: float, sweep: float, last_sweep: datetime) -> datetime:
+    """When the scanner wakes next: the next window boundary, or the next sweep if sooner."""
+    return min(next_boundary(now, interval), last_sweep + timedelta(seconds=sweep))
+
+
+class Scanner:
+    """Dispatches due jobs; safe to run several at once (claims skip locked rows)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        stop: threading.Event,
+        producer: Producer | None = None,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.settings = settings
+        self.stop = stop
+        self.producer = producer or Producer(settings, client_id="chronoq-scanner")
+        self.clock = clock
+        self.totals = DispatchResult()
+
+    def scan(self, now: datetime) -> DispatchResult:
+        """Claim and publish, batch after batch, every job due before the horizon of ``now``
+        plus every in-flight job whose lease ran out."""
+        horizon = dispatch_horizon(now, self.settings.scan_interval_seconds)
+        result = DispatchResult()
+        while not self.stop.is_set():
+            batch = dispatch(
+                self.settings,
+                self.producer,
+                lambda session: store.claim_due(
+                    session,
+                    now=now,
+                    horizon=horizon,
+                    lease=self.settings.lease_seconds,
+                    limit=self.settings.scan_batch_size,
+                ),
+                now=now,
+            )
+            result += batch
+            claimed = batch.published + batch.unpublished + batch.exhausted
+            if claimed < self.settings.scan_batch_size or batch.unpublished:
+                break  # nothing more is due, or Kafka is failing: try again at the next wake
+        self.totals += result
+        return result
+
+    def run(self) -> None:
+        """Scan at once (overdue jobs run as soon as chronoq is back), then at every window
+        boundary and sweep, until ``stop`` is set."""
+        interval = self.settings.scan_interval_seconds
+        backoff = 0.5
+        last_sweep = self.clock()
+        log.info(
+            "scanner started: window %.0fs, sweep every %.0fs, lease %.0fs",
+            interval, self.settings.sweep_interval_seconds, self.settings.lease_seconds,
+        )
+        while not self.stop.is_set():
+            now = self.clock()
+            started = time.monotonic()
+            try:
+                result = self.scan(now)
+            except (DatabaseUnavailable, BrokerUnavailable) as exc:
+                log.warning("scan failed: %s; retrying in %.1fs", exc, backoff)
+                self.stop.wait(backoff)
+                backoff = min(backoff * 2, 30.0)
+                continue
+            backoff = 0.5
+            last_sweep = now
+            elapsed = time.monotonic() - started
+            if result.published or result.unpublished or result.exhausted:
+                log.info(
+                    "dispatched %d jobs due before %s in %.3fs (%.0f/s); %d put back, %d failed as lost",
+                    result.published, dispatch_horizon(now, interval).isoformat(timespec="seconds"),
+                    elapsed, result.published / elapsed if elapsed else 0.0, result.unpublished, result.exhausted,
+                )
+            wake = next_wake(self.clock(), interval, self.settings.sweep_interval_seconds, last_sweep)
+            self.stop.wait(max(0.0, (wake - self.clock()).total_seconds()))
+        self.producer.close()
+        log.info("scanner stopped; %d jobs dispatched in all", self.totals.published)

@@ -1,0 +1,135 @@
+"""The compare-and-set statements on a real PostgreSQL: claims, start, cancel, updates."""
+
+from __future__ import annotations
+
+import threading
+from datetime import timedelta
+
+from common import store
+from common.clock import utcnow
+from common.db import session_scope
+from common.messages import UpdateMessage
+from common.models import JobAttempt
+from tests.helpers import add_job, get_job
+
+
+def claim(settings, now, horizon, limit=100):
+    with session_scope(settings) as session:
+        return store.claim_due(session, now=now, horizon=horizon, lease=10, limit=limit)
+
+
+def test_claim_due_takes_due_and_overdue_jobs_only(settings):
+    now = utcnow()
+    overdue = add_job(settings, due_in=-3600)
+    soon = add_job(settings, due_in=30)
+    later = add_job(settings, due_in=3600)
+    claimed = claim(settings, now, now + timedelta(seconds=60))
+    assert {m.job_id for m in claimed.messages} == {overdue, soon}
+    assert get_job(settings, soon).status == "QUEUED" and get_job(settings, soon).dispatch_token == 1
+    assert get_job(settings, later).status == "SCHEDULED"
+    assert claim(settings, now, now + timedelta(seconds=60)).messages == []  # nothing claimed twice
+
+
+def test_concurrent_claims_never_overlap(settings):
+    ids = {add_job(settings, due_in=1) for _ in range(300)}
+    now = utcnow()
+    results: list[list] = [[] for _ in range(4)]
+
+    def scanner(slot: int) -> None:
+        while True:
+            got = claim(settings, now, now + timedelta(seconds=60), limit=7).messages
+            if not got:
+                return
+            results[slot].extend(m.job_id for m in got)
+
+    threads = [threading.Thread(target=scanner, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    claimed = [j for r in results for j in r]
+    assert sorted(claimed) == sorted(ids)  # every job once, none twice
+    assert sum(1 for r in results if r) > 1  # the scanners really ran side by side
+
+
+def test_start_claim_is_won_once_and_fenced_by_token(settings):
+    job_id = add_job(settings, due_in=0)
+    message = claim(settings, utcnow(), utcnow() + timedelta(seconds=5)).messages[0]
+    starts = []
+    for _ in range(3):
+        with session_scope(settings) as session:
+            starts.append(store.claim_start(session, message, executor="e", now=utcnow(), lease=10))
+    assert starts == [True, False, False]
+    job = get_job(settings, job_id)
+    assert job.status == "RUNNING" and job.attempts == 1
+
+
+def test_lease_expiry_redispatches_with_a_new_token(settings):
+    job_id = add_job(settings, due_in=0)
+    now = utcnow()
+    first = claim(settings, now, now + timedelta(seconds=5)).messages[0]
+    later = now + timedelta(seconds=11)  # lease of 10 s ran out, never started
+    second = claim(settings, later, later).messages[0]
+    assert second.job_id == job_id and second.token == first.token + 1 and second.attempt == 1
+    with session_scope(settings) as session:
+        assert not store.claim_start(session, first, executor="old", now=later, lease=10)
+        assert store.claim_start(session, second, executor="new", now=later, lease=10)
+
+
+def test_lost_last_attempt_fails_the_job(settings):
+    job_id = add_job(settings, due_in=0, max_retries=0)
+    now = utcnow()
+    message = claim(settings, now, now + timedelta(seconds=5)).messages[0]
+    with session_scope(settings) as session:
+        store.claim_start(session, message, executor="e", now=now, lease=10)
+    later = now + timedelta(seconds=100)
+    claimed = claim(settings, later, later)
+    assert claimed.exhausted == [job_id] and claimed.messages == []
+    assert get_job(settings, job_id).status == "FAILED"
+
+
+def test_cancel_before_start_wins_and_start_then_fails(settings):
+    job_id = add_job(settings, due_in=0)
+    message = claim(settings, utcnow(), utcnow() + timedelta(seconds=5)).messages[0]
+    with session_scope(settings) as session:
+        assert store.cancel(session, job_id, now=utcnow()).cancelled
+    with session_scope(settings) as session:
+        assert not store.claim_start(session, message, executor="e", now=utcnow(), lease=10)
+    assert get_job(settings, job_id).status == "CANCELLED"
+
+
+def test_cancel_after_start_is_refused(settings):
+    job_id = add_job(settings, due_in=0)
+    message = claim(settings, utcnow(), utcnow() + timedelta(seconds=5)).messages[0]
+    with session_scope(settings) as session:
+        store.claim_start(session, message, executor="e", now=utcnow(), lease=10)
+    with session_scope(settings) as session:
+        result = store.cancel(session, job_id, now=utcnow())
+    assert not result.cancelled and result.status == "RUNNING"
+
+
+def update(job_id, token, status, attempt, **kw):
+    now = utcnow()
+    return UpdateMessage(job_id=job_id, token=token, status=status, attempt=attempt, at=now, executor="e",
+                         started_at=kw.pop("started_at", now), **kw)
+
+
+def test_apply_update_is_idempotent_and_monotonic(settings):
+    job_id = add_job(settings, due_in=0)
+    message = claim(settings, utcnow(), utcnow() + timedelta(seconds=5)).messages[0]
+    t = message.token
+    sequence = [
+        update(job_id, t, "RUNNING", 1),
+        update(job_id, t, "RETRYING", 1, error="boom", next_attempt_at=utcnow()),
+        update(job_id, t, "RUNNING", 2),
+        update(job_id, t, "SUCCESS", 2, output={"ok": True}, finished_at=utcnow()),
+    ]
+    # Deliver everything twice, the second time in reverse order.
+    for m in sequence + list(reversed(sequence)):
+        with session_scope(settings) as session:
+            store.apply_update(session, m, lease=10)
+    job = get_job(settings, job_id)
+    assert job.status == "SUCCESS" and job.attempts == 2 and job.output == {"ok": True}
+    with session_scope(settings) as session:
+        rows = session.query(JobAttempt).filter_by(job_id=job_id).order_by(JobAttempt.attempt).all()
+        assert [(r.attempt, r.status, r.error) for r in rows] == [(1, "FAILED", "boom"), (2, "SUCCESS", None)]
