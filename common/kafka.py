@@ -51,6 +51,9 @@ class Producer:
                         linger_ms=2,
                         retries=5,
                         max_block_ms=5000,
+                        # Fail fast when the broker is down: callers fall back (the job stays
+                        # in the database for the scanner) rather than hold a request for 30 s.
+                        bootstrap_timeout_ms=3000,
                         request_timeout_ms=10000,
                         delivery_timeout_ms=20000,
                         max_request_size=max(self._settings.max_message_bytes * 2, 1_048_576),
