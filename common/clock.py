@@ -19,7 +19,9 @@ def ensure_aware(value: datetime) -> datetime:
 
 
 def isoformat(value: datetime | None) -> str | None:
-    """ISO 8601 with an explicit UTC offset and milliseconds, or None."""
+    """ISO 8601 with an explicit UTC offset, or None: milliseconds, or microseconds when the
+    value has them (truncating them would make a job look due, and fire, early)."""
     if value is None:
         return None
-    return ensure_aware(value).isoformat(timespec="milliseconds")
+    value = ensure_aware(value)
+    return value.isoformat(timespec="milliseconds" if value.microsecond % 1000 == 0 else "microseconds")

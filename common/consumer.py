@@ -64,7 +64,18 @@ class ConsumerLoop:
                 records = [record for batch in polled.values() for record in batch]
                 if not records:
                     continue
-                if not self.handle(records):
+                try:
+                    recorded = self.handle(records)
+                except Exception:  # noqa: BLE001 - a bug in one batch must not end the loop
+                    log.exception(
+                        "handling %d messages of %s failed; leaving them uncommitted and rejoining",
+                        len(records), self.topic,
+                    )
+                    consumer.close(autocommit=False)  # positions fall back to the last commit
+                    consumer = None
+                    backoff = self._wait(backoff, "handler failed")
+                    continue
+                if not recorded:
                     log.info("stopped before recording %d messages; they stay uncommitted", len(records))
                     break
                 try:

@@ -162,6 +162,18 @@ class DeadLetter:
     original: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
+    @classmethod
+    def from_record(cls, record: Any, reason: str) -> "DeadLetter":
+        """The dead letter for a consumed Kafka record that could not be processed."""
+        return cls(
+            reason=reason,
+            source_topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            job_id=record.key.decode(errors="replace") if record.key is not None else None,
+            original=record.value.decode(errors="replace") if record.value is not None else None,
+        )
+
     def encode(self, limit: int = 10_000) -> bytes:
         body = {"v": VERSION, **asdict(self)}
         if body["original"] is not None and len(body["original"]) > limit:

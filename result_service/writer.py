@@ -23,17 +23,6 @@ log = logging.getLogger(__name__)
 GROUP_ID = "chronoq-results"
 
 
-def _dead_letter(record: Any, reason: str) -> DeadLetter:
-    return DeadLetter(
-        reason=reason,
-        source_topic=record.topic,
-        partition=record.partition,
-        offset=record.offset,
-        job_id=record.key.decode(errors="replace") if record.key else None,
-        original=record.value.decode(errors="replace") if record.value is not None else None,
-    )
-
-
 class ResultWriter:
     """Applies updates until ``stop`` is set."""
 
@@ -70,7 +59,7 @@ class ResultWriter:
                     "malformed update at %s[%d]@%d sent to %s: %s",
                     record.topic, record.partition, record.offset, self.settings.topic_dlq, exc,
                 )
-                self.producer.dead_letter(_dead_letter(record, str(exc)))
+                self.producer.dead_letter(DeadLetter.from_record(record, str(exc)))
                 self.dead_lettered += 1
         backoff = 0.5
         while True:
@@ -103,7 +92,7 @@ class ResultWriter:
                     raise
                 except Exception as exc:  # noqa: BLE001
                     log.error("job %s: update could not be applied, dead-lettered: %r", message.job_id, exc)
-                    self.producer.dead_letter(_dead_letter(record, f"could not be applied: {exc!r}"))
+                    self.producer.dead_letter(DeadLetter.from_record(record, f"could not be applied: {exc!r}"))
                     self.dead_lettered += 1
         self.applied += moved
         self.ignored += len(updates) - moved

@@ -1,0 +1,71 @@
+"""What a request needs besides its arguments: the app's settings, metrics and Kafka producer,
+and the one clock reading of the request."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from datetime import datetime
+
+from flask import current_app, g, has_app_context
+
+from common.clock import utcnow
+from common.config import Settings
+from common.kafka import Producer
+
+from api.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+EXTENSION = "chronoq"
+
+
+class Runtime:
+    """Per-app state: settings, metrics, and a producer created lazily in each process."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.metrics = Metrics()
+        self._lock = threading.Lock()
+        self._producer: Producer | None = None
+        self._producer_pid: int | None = None
+
+    def producer(self) -> Producer:
+        """This process's producer. Created on first use and again after a fork, because
+        gunicorn may import the app in the master and a Kafka client's sockets and threads do
+        not survive ``fork()``."""
+        with self._lock:
+            if self._producer is None or self._producer_pid != os.getpid():
+                self._producer = Producer(self.settings, client_id="chronoq-api")
+                self._producer_pid = os.getpid()
+            return self._producer
+
+    def close(self) -> None:
+        """Flush and close this process's producer, if it made one."""
+        with self._lock:
+            producer, self._producer = self._producer, None
+            owned = self._producer_pid == os.getpid()
+        if producer is not None and owned:
+            try:
+                producer.close(timeout=5)
+            except Exception:  # noqa: BLE001 - shutting down; nothing left to do about it
+                log.warning("closing the Kafka producer failed", exc_info=True)
+
+
+def runtime() -> Runtime:
+    """The current app's :class:`Runtime`."""
+    return current_app.extensions[EXTENSION]
+
+
+def current_settings() -> Settings:
+    return runtime().settings
+
+
+def request_now() -> datetime:
+    """The clock, read once per request (schemas and views share it); outside a request, now."""
+    if not has_app_context():
+        return utcnow()
+    if "chronoq_now" not in g:
+        g.chronoq_now = utcnow()
+    return g.chronoq_now

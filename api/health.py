@@ -1,0 +1,39 @@
+"""Liveness, readiness and metrics."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Response
+from flask_smorest import Blueprint
+
+from common.db import ping
+
+from api.context import runtime
+from api.schemas import HealthSchema
+
+blp = Blueprint("health", __name__, description="Probes and metrics for operators.")
+
+
+@blp.route("/healthz")
+@blp.response(200, HealthSchema)
+def healthz() -> dict[str, Any]:
+    """The process is alive (it checks nothing else)."""
+    return {"status": "ok"}
+
+
+@blp.route("/readyz")
+@blp.response(200, HealthSchema)
+@blp.alt_response(503, description="The database does not answer.", success=False)
+def readyz() -> dict[str, Any]:
+    """Ready to serve: the database answers. A 503 otherwise (via DatabaseUnavailable)."""
+    ping(runtime().settings)
+    return {"status": "ok"}
+
+
+@blp.route("/metrics")
+@blp.doc(responses={"200": {"description": "Prometheus text format.", "content": {"text/plain": {}}}})
+def metrics() -> Response:
+    """Prometheus metrics of this worker process."""
+    body, content_type = runtime().metrics.render()
+    return Response(body, content_type=content_type)

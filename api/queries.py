@@ -1,0 +1,85 @@
+"""The API's read queries. Listing is keyset-paginated on (execute_at, id) so that it reads
+the ``ix_jobs_*_execute_at_id`` indexes in order and never counts past skipped rows."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, select, tuple_
+from sqlalchemy.orm import Session
+
+from common.errors import JobNotFound
+from common.models import Job, JobAttempt
+from common.states import JobStatus
+
+from api.schemas import Cursor
+
+
+@dataclass(frozen=True)
+class JobFilter:
+    statuses: tuple[str, ...] = ()
+    type: str | None = None
+    name: str | None = None
+    execute_after: datetime | None = None
+    execute_before: datetime | None = None
+
+
+def get_job(session: Session, job_id: uuid.UUID) -> Job:
+    """The job, or :class:`JobNotFound`."""
+    job = session.get(Job, job_id)
+    if job is None:
+        raise JobNotFound(job_id)
+    return job
+
+
+def list_jobs(
+    session: Session, where: JobFilter, *, limit: int, after: Cursor | None = None
+) -> tuple[list[Job], Cursor | None]:
+    """One page of jobs in (execute_at, id) order, and the cursor of the next page (None at
+    the end)."""
+    query = select(Job)
+    if where.statuses:
+        query = query.where(Job.status.in_(where.statuses))
+    if where.type is not None:
+        query = query.where(Job.type == where.type)
+    if where.name is not None:
+        query = query.where(Job.name == where.name)
+    if where.execute_after is not None:
+        query = query.where(Job.execute_at >= where.execute_after)
+    if where.execute_before is not None:
+        query = query.where(Job.execute_at < where.execute_before)
+    if after is not None:
+        # A row comparison, which PostgreSQL turns into an index range on (…, execute_at, id).
+        query = query.where(tuple_(Job.execute_at, Job.id) > tuple_(after.execute_at, after.id))
+    rows = list(session.scalars(query.order_by(Job.execute_at, Job.id).limit(limit + 1)))
+    if len(rows) <= limit:
+        return rows, None
+    last = rows[limit - 1]
+    return rows[:limit], Cursor(last.execute_at, last.id)
+
+
+def list_attempts(session: Session, job_id: uuid.UUID) -> list[JobAttempt]:
+    """The job's attempts in order; :class:`JobNotFound` when there is no such job."""
+    get_job(session, job_id)
+    return list(
+        session.scalars(select(JobAttempt).where(JobAttempt.job_id == job_id).order_by(JobAttempt.attempt))
+    )
+
+
+def job_stats(session: Session, *, now: datetime) -> dict[str, Any]:
+    """Counts by status (every status, zeros included) and by type, and how many SCHEDULED
+    jobs are overdue at ``now``."""
+    by_status = {status.value: 0 for status in JobStatus}
+    for status, count in session.execute(select(Job.status, func.count()).group_by(Job.status)):
+        by_status[status] = count
+    by_type = {
+        job_type: count
+        for job_type, count in session.execute(select(Job.type, func.count()).group_by(Job.type).order_by(Job.type))
+    }
+    overdue = session.scalar(
+        select(func.count()).select_from(Job).where(Job.status == JobStatus.SCHEDULED.value, Job.execute_at < now)
+    )
+    return {"total": sum(by_status.values()), "by_status": by_status, "by_type": by_type, "overdue": overdue or 0}

@@ -1,0 +1,292 @@
+"""Request and response schemas. The same classes validate requests and describe them in the
+OpenAPI document; rules that depend on the deployment (enabled job types, limits, defaults)
+read the settings of the current app, or the ``settings`` given to the schema in unit tests."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from marshmallow import Schema, ValidationError, fields, post_load, validate, validates, validates_schema
+
+from common.clock import ensure_aware, isoformat
+from common.config import Settings
+from common.jobtypes import enabled_types, load_payload
+from common.states import JobStatus
+
+from api.context import current_settings, request_now
+
+MAX_DELAY_SECONDS = 10 * 366 * 86400  # keeps now + delay far from datetime's range
+INT32 = validate.Range(min=-(2**31), max=2**31 - 1)
+STATUSES = tuple(s.value for s in JobStatus)
+
+
+def payload_size(payload: Any) -> int:
+    """Bytes of ``payload`` as stored: compact UTF-8 JSON."""
+    return len(json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode())
+
+
+class Text(fields.String):
+    """A string without NUL characters, which PostgreSQL cannot store or compare."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
+        text = super()._deserialize(value, attr, data, **kwargs)
+        if "\x00" in text:
+            raise ValidationError("must not contain NUL characters")
+        return text
+
+
+class UtcDateTime(fields.DateTime):
+    """Dumps as ISO 8601 in UTC with milliseconds and an explicit offset."""
+
+    def _serialize(self, value: datetime | None, attr: str | None, obj: Any, **kwargs: Any) -> str | None:
+        return isoformat(value)
+
+
+class AwareDateTime(fields.AwareDateTime):
+    """An ISO 8601 datetime that must carry an offset; loaded as UTC."""
+
+    # In a query string an unencoded "+05:00" arrives as " 05:00"; put the sign back.
+    _LOST_PLUS = re.compile(r" (\d{2}(:?\d{2})?)$")
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(format="iso", **kwargs)
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> datetime:
+        if isinstance(value, str):
+            value = self._LOST_PLUS.sub(r"+\1", value)
+        try:
+            return ensure_aware(super()._deserialize(value, attr, data, **kwargs))
+        except OverflowError:  # e.g. 9999-12-31T23:00-05:00 is past year 9999 in UTC
+            raise self.make_error("invalid", input=value, obj_type=self.OBJ_TYPE) from None
+
+
+class _SettingsSchema(Schema):
+    """A schema whose rules read the deployment's settings."""
+
+    def __init__(self, *, settings: Settings | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._settings = settings
+
+    @property
+    def settings(self) -> Settings:
+        return self._settings if self._settings is not None else current_settings()
+
+
+class JobCreateSchema(_SettingsSchema):
+    """A job to create. Give exactly one of ``execute_at`` and ``delay_seconds``."""
+
+    name = Text(required=True, validate=validate.Length(min=1, max=200))
+    type = Text(
+        required=True, metadata={"description": "A job type enabled in this deployment, e.g. http, noop."}
+    )
+    payload = fields.Dict(
+        keys=fields.String(), load_default=dict,
+        metadata={"description": "Arguments of the job type (validated per type); at most CHRONOQ_MAX_PAYLOAD_BYTES."},
+    )
+    execute_at = AwareDateTime(metadata={"description": "When to run, with an offset, e.g. 2030-01-01T14:03:07.250Z."})
+    delay_seconds = fields.Float(
+        validate=validate.Range(min=0, max=MAX_DELAY_SECONDS),
+        metadata={"description": "Run this many seconds from now (instead of execute_at)."},
+    )
+    max_retries = fields.Integer(
+        validate=validate.Range(min=0, max=10),
+        metadata={"description": "Retries after a failed attempt; default CHRONOQ_DEFAULT_MAX_RETRIES."},
+    )
+    timeout_seconds = fields.Float(
+        validate=validate.Range(min=0, max=86400, min_inclusive=False),
+        metadata={"description": "Longest run of one attempt; default CHRONOQ_DEFAULT_TIMEOUT_SECONDS."},
+    )
+    priority = fields.Integer(load_default=0, validate=INT32, metadata={"description": "Higher runs first among jobs due together."})
+    misfire_grace_seconds = fields.Float(
+        load_default=None, allow_none=True, validate=validate.Range(min=0, min_inclusive=False),
+        metadata={"description": "Fail instead of running when this late; null: always run."},
+    )
+    metadata_ = fields.Dict(
+        keys=fields.String(), load_default=dict, data_key="metadata", attribute="meta",
+        metadata={"description": "Free-form labels, returned as given."},
+    )
+
+    @validates("type")
+    def _known_type(self, value: str, data_key: str) -> None:
+        enabled = enabled_types(self.settings)
+        if value in enabled:
+            return
+        if value == "shell":
+            raise ValidationError("job type 'shell' is disabled in this deployment (CHRONOQ_SHELL_ENABLED)")
+        raise ValidationError(f"unknown job type {value!r}; enabled types: {', '.join(sorted(enabled))}")
+
+    @validates("execute_at")
+    def _not_past(self, value: datetime, data_key: str) -> None:
+        tolerance = self.settings.past_tolerance_seconds
+        earliest = request_now() - timedelta(seconds=tolerance)
+        if value < earliest:
+            raise ValidationError(
+                f"is more than {tolerance:g} s in the past (now is {isoformat(request_now())})"
+            )
+
+    @validates_schema(skip_on_field_errors=False, pass_original=True)
+    def _when_and_payload(self, data: dict[str, Any], original: Any, **_: Any) -> None:
+        if not isinstance(original, dict):
+            return  # marshmallow already reported "Invalid input type"
+        errors: dict[str, Any] = {}
+        # Presence in the input, not in ``data``: an invalid value is reported by its field
+        # and must not also count as missing.
+        has_at, has_delay = "execute_at" in original, "delay_seconds" in original
+        if has_at and has_delay:
+            message = "give either execute_at or delay_seconds, not both"
+            errors.update(execute_at=[message], delay_seconds=[message])
+        elif not has_at and not has_delay:
+            errors["execute_at"] = ["Missing data for required field (or give delay_seconds)."]
+        payload = data.get("payload")
+        if payload is not None:
+            limit = self.settings.max_payload_bytes
+            size = payload_size(payload)
+            if size > limit:
+                errors["payload"] = [f"is {size} bytes as JSON; the limit is {limit} (CHRONOQ_MAX_PAYLOAD_BYTES)"]
+            elif "type" in data:
+                try:
+                    load_payload(data["type"], payload)
+                except ValidationError as exc:
+                    errors["payload"] = exc.messages
+        if errors:
+            raise ValidationError(errors)
+
+    @post_load
+    def _resolve(self, data: dict[str, Any], **_: Any) -> dict[str, Any]:
+        delay = data.pop("delay_seconds", None)
+        if delay is not None:
+            data["execute_at"] = request_now() + timedelta(seconds=delay)
+        data.setdefault("max_retries", self.settings.default_max_retries)
+        data.setdefault("timeout_seconds", self.settings.default_timeout_seconds)
+        return data
+
+
+class IdempotencyHeaderSchema(Schema):
+    """Headers of a create request."""
+
+    idempotency_key = Text(
+        data_key="Idempotency-Key", validate=validate.Length(min=1, max=200),
+        metadata={"description": "Repeat a create safely: the same key and body return the first job (200)."},
+    )
+
+
+class StatusList(fields.List):
+    """Job statuses, repeated (``?status=A&status=B``) or comma separated (``?status=A,B``)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(fields.String(validate=validate.OneOf(STATUSES)), **kwargs)
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> list[str]:
+        items = value if isinstance(value, list) else [value]
+        if not all(isinstance(item, str) for item in items):
+            raise ValidationError("must be status names")
+        split = [part.strip().upper() for item in items for part in item.split(",")]
+        return super()._deserialize([part for part in split if part], attr, data, **kwargs)
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """Where a page ended: the (execute_at, id) of its last job."""
+
+    execute_at: datetime
+    id: uuid.UUID
+
+    def encode(self) -> str:
+        # Full precision: the key must match the stored value exactly, unlike the displayed one.
+        raw = f"{ensure_aware(self.execute_at).isoformat()}|{self.id}"
+        return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+    @classmethod
+    def decode(cls, token: str) -> "Cursor":
+        try:
+            raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
+            at, _, job_id = raw.partition("|")
+            return cls(ensure_aware(datetime.fromisoformat(at)), uuid.UUID(job_id))
+        except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
+            raise ValidationError("is not a cursor returned by this API") from exc
+
+
+class CursorField(fields.String):
+    """The opaque ``next_cursor`` of a previous page."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Cursor:
+        return Cursor.decode(super()._deserialize(value, attr, data, **kwargs))
+
+
+class JobQuerySchema(Schema):
+    """Filters and pagination of the job list, ordered by (execute_at, id)."""
+
+    status = StatusList(metadata={"description": "Only these statuses (repeat or comma separate)."})
+    type = Text(metadata={"description": "Only this job type."})
+    name = Text(metadata={"description": "Only jobs with exactly this name."})
+    execute_after = AwareDateTime(metadata={"description": "Only jobs due at or after this time."})
+    execute_before = AwareDateTime(metadata={"description": "Only jobs due before this time."})
+    limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=500))
+    cursor = CursorField(metadata={"description": "next_cursor of the previous page."})
+
+
+class JobSchema(Schema):
+    """A job as the API returns it."""
+
+    id = fields.UUID()
+    name = fields.String()
+    type = fields.String()
+    status = fields.String(metadata={"enum": list(STATUSES)})
+    payload = fields.Dict()
+    metadata_ = fields.Dict(data_key="metadata", attribute="meta")
+    execute_at = UtcDateTime()
+    priority = fields.Integer()
+    attempts = fields.Integer(metadata={"description": "Attempts started so far."})
+    max_retries = fields.Integer()
+    timeout_seconds = fields.Float()
+    misfire_grace_seconds = fields.Float(allow_none=True)
+    created_at = UtcDateTime()
+    updated_at = UtcDateTime()
+    started_at = UtcDateTime(allow_none=True, metadata={"description": "Start of the latest attempt."})
+    finished_at = UtcDateTime(allow_none=True)
+    next_attempt_at = UtcDateTime(allow_none=True, metadata={"description": "When a RETRYING job runs again."})
+    output = fields.Raw(allow_none=True)
+    error = fields.String(allow_none=True)
+    executor = fields.String(allow_none=True)
+
+
+class JobPageSchema(Schema):
+    items = fields.List(fields.Nested(JobSchema))
+    next_cursor = fields.String(allow_none=True, metadata={"description": "Pass as cursor for the next page; null at the end."})
+
+
+class AttemptSchema(Schema):
+    """One attempt of a job."""
+
+    attempt = fields.Integer()
+    status = fields.String()
+    started_at = UtcDateTime(allow_none=True)
+    finished_at = UtcDateTime(allow_none=True)
+    output = fields.Raw(allow_none=True)
+    error = fields.String(allow_none=True)
+    executor = fields.String(allow_none=True)
+    dispatch_token = fields.Integer()
+
+
+class AttemptListSchema(Schema):
+    items = fields.List(fields.Nested(AttemptSchema))
+
+
+class StatsSchema(Schema):
+    """Job counts."""
+
+    total = fields.Integer()
+    by_status = fields.Dict(keys=fields.String(), values=fields.Integer(), metadata={"description": "Every status, zeros included."})
+    by_type = fields.Dict(keys=fields.String(), values=fields.Integer())
+    overdue = fields.Integer(metadata={"description": "SCHEDULED jobs whose execute_at has passed."})
+
+
+class HealthSchema(Schema):
+    status = fields.String()

@@ -1,0 +1,13 @@
+"""``gunicorn api.wsgi:app``: the app built from the environment. Prefer ``python -m api``,
+which also sets the worker class, threads and the post-fork engine reset."""
+
+from __future__ import annotations
+
+from common.config import load_settings
+from common.logs import setup_logging
+
+from api.app import create_app
+
+settings = load_settings()
+setup_logging(settings.log_level, "api")
+app = create_app(settings)

@@ -1,0 +1,36 @@
+"""What a handler gets besides its payload, and the error kinds the runner tells apart."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+
+from common.config import Settings
+from common.errors import ChronoqError
+
+
+class PermanentFailure(ChronoqError):
+    """The job cannot succeed on any attempt (bad payload, refused host, unknown type)."""
+
+
+@dataclass
+class HandlerContext:
+    """One attempt's context. ``idempotency_key`` is stable across re-runs of the same attempt
+    (job id and attempt), so a downstream service can drop a duplicate."""
+
+    job_id: uuid.UUID
+    name: str
+    attempt: int
+    max_retries: int
+    idempotency_key: str
+    deadline: float  # time.monotonic() value at which the attempt times out
+    timeout_seconds: float
+    settings: Settings
+    #: Set when the runner gave up waiting (timeout): a cooperative handler stops early.
+    abandoned: threading.Event = field(default_factory=threading.Event)
+
+    def remaining(self) -> float:
+        """Seconds left before the deadline (never negative)."""
+        return max(0.0, self.deadline - time.monotonic())

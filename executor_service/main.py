@@ -1,0 +1,10 @@
+"""``python -m executor_service``: run one executor until SIGTERM."""
+
+from __future__ import annotations
+
+from common.lifecycle import run_service
+from executor_service.service import Executor
+
+
+def main() -> int:
+    return run_service("executor", Executor)
