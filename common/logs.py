@@ -22,3 +22,4 @@ def setup_logging(level: str = "INFO", service: str = "chronoq") -> None:
     # kafka-python is chatty at INFO about every connection; its warnings still show.
     logging.getLogger("kafka").setLevel(logging.WARNING)
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)

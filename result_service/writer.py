@@ -44,7 +44,8 @@ class ResultWriter:
         self.loop.run()
         self.producer.close()
         log.info(
-            "result writer stopped: %d updates applied, %d ignored as stale or duplicate, %d dead-lettered",
+            "result writer stopped: %d updates moved a job forward, %d only added history "
+            "(already applied, duplicate or stale), %d dead-lettered",
             self.applied, self.ignored, self.dead_lettered,
         )
 
@@ -103,6 +104,6 @@ class ResultWriter:
         if time.monotonic() - self._last_report >= 60:
             self._last_report = time.monotonic()
             log.info(
-                "%d updates applied, %d ignored, %d dead-lettered so far",
+                "%d updates moved a job forward, %d only added history, %d dead-lettered so far",
                 self.applied, self.ignored, self.dead_lettered,
             )
