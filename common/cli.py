@@ -9,9 +9,9 @@ import logging
 import os
 import sys
 
-from common.config import load_settings, options
-from common.errors import ChronoqError, ConfigError
-from common.lifecycle import EXIT_CONFIG, EXIT_OK, EXIT_UNAVAILABLE
+from common.config import options, options_help
+from common.errors import ChronoqError
+from common.lifecycle import EXIT_OK, EXIT_UNAVAILABLE, load_or_exit
 from common.logs import setup_logging
 
 SERVICES = {
@@ -22,19 +22,11 @@ SERVICES = {
 }
 
 
-def _settings_epilog() -> str:
-    lines = ["settings (environment variables):"]
-    for env, help_text, default in options():
-        shown = ",".join(default) if isinstance(default, tuple) else default
-        lines.append(f"  {env:<36} {help_text} [default: {shown!r}]")
-    return "\n".join(lines)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="chronoq",
         description="chronoq runs jobs at an exact future time.",
-        epilog=_settings_epilog(),
+        epilog=options_help(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -55,11 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command in SERVICES:
         module = SERVICES[args.command][0]
         os.execv(sys.executable, [sys.executable, "-m", module])
-    try:
-        settings = load_settings()
-    except ConfigError as exc:
-        print(f"chronoq: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
+    settings = load_or_exit(args.command)
     setup_logging(settings.log_level, "chronoq")
     log = logging.getLogger("chronoq")
     try:

@@ -138,6 +138,15 @@ def options() -> list[tuple[str, str, Any]]:
     return [(f.metadata["env"], f.metadata["help"], f.default) for f in fields(Settings)]
 
 
+def options_help(title: str = "settings (environment variables):") -> str:
+    """The settings as help text, for ``--help`` epilogs."""
+    lines = [title]
+    for env, help_text, default in options():
+        shown = ",".join(default) if isinstance(default, tuple) else default
+        lines.append(f"  {env:<36} {help_text} [default: {shown!r}]")
+    return "\n".join(lines)
+
+
 def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
     """Read every ``CHRONOQ_*`` variable; a bad value raises :class:`ConfigError` naming it."""
     env = os.environ if environ is None else environ

@@ -50,20 +50,26 @@ class Service(Protocol):
     def run(self) -> None: ...
 
 
-def run_service(name: str, build: Callable[["Settings", threading.Event], Service]) -> int:
-    """The body of every ``python -m <service>``: load settings (a bad one exits 2 naming the
-    variable), set up logging, build the service and run it until SIGTERM/SIGINT."""
+def load_or_exit(name: str) -> "Settings":
+    """Settings from the environment; a bad one exits with code 2 and a line naming it."""
     import sys
 
     from common.config import load_settings
     from common.errors import ConfigError
-    from common.logs import setup_logging
 
     try:
-        settings = load_settings()
+        return load_settings()
     except ConfigError as exc:
-        print(f"chronoq {name}: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
+        print(f"chronoq {name}: invalid setting {exc}", file=sys.stderr)
+        raise SystemExit(EXIT_CONFIG) from None
+
+
+def run_service(name: str, build: Callable[["Settings", threading.Event], Service]) -> int:
+    """The body of every ``python -m <service>``: load settings, set up logging, build the
+    service and run it until SIGTERM/SIGINT."""
+    from common.logs import setup_logging
+
+    settings = load_or_exit(name)
     setup_logging(settings.log_level, name)
     with on_stop(threading.Event(), name) as stop:
         build(settings, stop).run()

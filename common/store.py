@@ -132,6 +132,16 @@ def unclaim(session: Session, job_id: uuid.UUID, token: int, *, now: datetime) -
     return result.rowcount == 1
 
 
+def _unstarted(message: DispatchMessage):  # type: ignore[no-untyped-def]
+    """Rows where ``message``'s dispatch is current and its attempt has not started."""
+    return (
+        Job.id == message.job_id,
+        Job.dispatch_token == message.token,
+        Job.attempts == message.attempt - 1,
+        Job.status.in_(_IN_FLIGHT),
+    )
+
+
 def claim_start(
     session: Session,
     message: DispatchMessage,
@@ -144,12 +154,7 @@ def claim_start(
     dispatch and attempt, and never for a cancelled, finished or superseded job."""
     result = session.execute(
         update(Job)
-        .where(
-            Job.id == message.job_id,
-            Job.dispatch_token == message.token,
-            Job.attempts == message.attempt - 1,
-            Job.status.in_(_IN_FLIGHT),
-        )
+        .where(*_unstarted(message))
         .values(
             status=JobStatus.RUNNING.value,
             attempts=message.attempt,
@@ -167,12 +172,7 @@ def fail_unstarted(session: Session, message: DispatchMessage, *, error: str, no
     """Mark a dispatched job FAILED without starting it (misfire grace exceeded)."""
     result = session.execute(
         update(Job)
-        .where(
-            Job.id == message.job_id,
-            Job.dispatch_token == message.token,
-            Job.attempts == message.attempt - 1,
-            Job.status.in_(_IN_FLIGHT),
-        )
+        .where(*_unstarted(message))
         .values(status=JobStatus.FAILED.value, error=error, finished_at=now, lease_until=None, updated_at=now)
     )
     return result.rowcount == 1

@@ -14,7 +14,9 @@ def test_a_bad_setting_exits_2_naming_the_variable(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setenv("CHRONOQ_API_PORT", "eighty")
-    assert main([]) == EXIT_CONFIG
+    with pytest.raises(SystemExit) as stopped:
+        main([])
+    assert stopped.value.code == EXIT_CONFIG
     err = capsys.readouterr().err.strip()
     assert "CHRONOQ_API_PORT" in err and "\n" not in err
 
