@@ -152,7 +152,7 @@ class JobCreateSchema(_SettingsSchema):
                 errors["payload"] = [f"is {size} bytes as JSON; the limit is {limit} (CHRONOQ_MAX_PAYLOAD_BYTES)"]
             elif "type" in data:
                 try:
-                    load_payload(data["type"], payload)
+                    load_payload(data["type"], payload, self.settings)
                 except ValidationError as exc:
                     errors["payload"] = exc.messages
         if errors:

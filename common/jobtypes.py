@@ -3,7 +3,9 @@ schemas before storing a job; the executor loads it with the same schemas before
 
 from __future__ import annotations
 
+import fnmatch
 from typing import Any
+from urllib.parse import urlsplit
 
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
@@ -84,9 +86,24 @@ def enabled_types(settings: Settings) -> set[str]:
     return types
 
 
-def load_payload(job_type: str, payload: dict[str, Any]) -> dict[str, Any]:
+def host_allowed(host: str, patterns: tuple[str, ...]) -> bool:
+    """Whether ``host`` matches one of ``patterns`` (fnmatch, case-insensitive); no patterns
+    means any host."""
+    if not patterns:
+        return True
+    host = host.lower().rstrip(".")
+    return any(fnmatch.fnmatchcase(host, pattern.lower()) for pattern in patterns)
+
+
+def load_payload(job_type: str, payload: dict[str, Any], settings: Settings | None = None) -> dict[str, Any]:
     """Validate and fill defaults of ``payload`` for ``job_type``; raises marshmallow's
-    ``ValidationError`` naming the field. Types without a schema accept any object."""
+    ``ValidationError`` naming the field. Types without a schema accept any object. With
+    ``settings``, an ``http`` URL must also name an allowed host (CHRONOQ_HTTP_ALLOWED_HOSTS)."""
     schema = BUILTIN_SCHEMAS.get(job_type, AnyPayload)
     unknown = "include" if schema is AnyPayload else "raise"
-    return schema().load(payload, unknown=unknown)
+    data = schema().load(payload, unknown=unknown)
+    if job_type == "http" and settings is not None:
+        host = urlsplit(data["url"]).hostname or ""
+        if not host_allowed(host, settings.http_allowed_hosts):
+            raise ValidationError({"url": [f"host {host!r} is not allowed (CHRONOQ_HTTP_ALLOWED_HOSTS)"]})
+    return data

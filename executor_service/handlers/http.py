@@ -3,13 +3,13 @@
 
 from __future__ import annotations
 
-import fnmatch
 from typing import Any
 from urllib.parse import urlsplit
 
 import requests
 
 from common.errors import ChronoqError, JobTimeout
+from common.jobtypes import host_allowed
 
 from executor_service.context import HandlerContext, PermanentFailure
 
@@ -18,15 +18,6 @@ BODY_LIMIT = 4096  # bytes of the response body kept as output
 
 class HttpFailed(ChronoqError):
     """The HTTP request failed."""
-
-
-def host_allowed(host: str, patterns: tuple[str, ...]) -> bool:
-    """Whether ``host`` matches one of ``patterns`` (fnmatch, case-insensitive); no patterns
-    means any host."""
-    if not patterns:
-        return True
-    host = host.lower().rstrip(".")
-    return any(fnmatch.fnmatchcase(host, pattern.lower()) for pattern in patterns)
 
 
 def _read_head(response: requests.Response, limit: int, context: HandlerContext) -> str:

@@ -128,3 +128,11 @@ def test_status_filter_accepts_comma_lists_and_rejects_unknown_names() -> None:
     with pytest.raises(ValidationError) as info:
         JobQuerySchema().load({"status": ["DONE"]})
     assert "status" in info.value.messages
+
+
+@freeze_time(NOW)
+def test_http_host_outside_the_allow_list_is_rejected_at_creation() -> None:
+    schema = JobCreateSchema(settings=load_settings({}, http_allowed_hosts=("*.example.com",)))
+    errors = errors_of(schema, body(type="http", payload={"url": "http://169.254.169.254/latest"}))
+    assert "not allowed" in errors["payload"]["url"][0]
+    assert schema.load(body(type="http", payload={"url": "https://hooks.example.com/x"}))["type"] == "http"
