@@ -198,15 +198,42 @@ def cancel(session: Session, job_id: uuid.UUID, *, now: datetime) -> CancelResul
     return CancelResult(False, status)
 
 
+def apply_updates(session: Session, messages: list[UpdateMessage], *, lease: float) -> int:
+    """Record a batch of executors' updates in order: each attempt's history row always
+    (upserted, so a replay changes nothing), the job row only when the update is newer
+    (:func:`should_apply`). Returns how many updates moved a job row.
+
+    The batch's jobs are locked with one statement, in id order so that two writers cannot
+    deadlock, and their attempt rows are read with one more."""
+    ids = sorted({m.job_id for m in messages})
+    if not ids:
+        return 0
+    jobs = {
+        job.id: job
+        for job in session.scalars(select(Job).where(Job.id.in_(ids)).order_by(Job.id).with_for_update())
+    }
+    attempts = {
+        (row.job_id, row.attempt): row
+        for row in session.scalars(select(JobAttempt).where(JobAttempt.job_id.in_(list(jobs))))
+    }
+    moved = 0
+    for message in messages:
+        job = jobs.get(message.job_id)
+        if job is None:
+            log.warning("update for unknown job %s ignored", message.job_id)
+            continue
+        _record_attempt(session, attempts, message)
+        moved += _move_job(job, message, lease)
+    session.flush()
+    return moved
+
+
 def apply_update(session: Session, message: UpdateMessage, *, lease: float) -> bool:
-    """Record an executor's update: the attempt's history row always (upserted, so a replay
-    changes nothing), the job row only when the update is newer (:func:`should_apply`).
-    Returns whether the job row moved."""
-    job = session.get(Job, message.job_id, with_for_update=True)
-    if job is None:
-        log.warning("update for unknown job %s ignored", message.job_id)
-        return False
-    _record_attempt(session, message)
+    """:func:`apply_updates` for one message."""
+    return apply_updates(session, [message], lease=lease) == 1
+
+
+def _move_job(job: Job, message: UpdateMessage, lease: float) -> bool:
     if not should_apply(
         current_status=job.status,
         current_token=job.dispatch_token,
@@ -237,15 +264,16 @@ def apply_update(session: Session, message: UpdateMessage, *, lease: float) -> b
     return True
 
 
-def _record_attempt(session: Session, message: UpdateMessage) -> None:
-    row = session.scalar(
-        select(JobAttempt).where(JobAttempt.job_id == message.job_id, JobAttempt.attempt == message.attempt)
-    )
+def _record_attempt(
+    session: Session, rows: dict[tuple[uuid.UUID, int], JobAttempt], message: UpdateMessage
+) -> None:
     # An attempt ends SUCCESS or FAILED; RETRYING describes the job, not the attempt.
     outcome = JobStatus.FAILED.value if message.status == JobStatus.RETRYING.value else message.status
+    row = rows.get((message.job_id, message.attempt))
     if row is None:
         row = JobAttempt(job_id=message.job_id, attempt=message.attempt, dispatch_token=message.token, status=outcome)
         session.add(row)
+        rows[(message.job_id, message.attempt)] = row
     elif row.status != JobStatus.RUNNING.value and outcome == JobStatus.RUNNING.value:
         return  # the attempt already ended; a late RUNNING changes nothing
     row.status = outcome
@@ -256,4 +284,3 @@ def _record_attempt(session: Session, message: UpdateMessage) -> None:
         row.finished_at = message.finished_at or message.at
         row.output = message.output
         row.error = message.error
-    session.flush()

@@ -79,7 +79,7 @@ class ResultWriter:
     def _apply(self, updates: list[tuple[Any, UpdateMessage]]) -> None:
         try:
             with session_scope(self.settings) as session:
-                moved = sum(store.apply_update(session, m, lease=self.settings.lease_seconds) for _, m in updates)
+                moved = store.apply_updates(session, [m for _, m in updates], lease=self.settings.lease_seconds)
         except DatabaseUnavailable:
             raise
         except Exception:  # noqa: BLE001 - one bad update must not block the partition
