@@ -49,8 +49,14 @@ def build_engine(url: str, pool_size: int = 10) -> Engine:
         event.listen(engine, "connect", _sqlite_connect)
         event.listen(engine, "begin", _sqlite_begin)
         return engine
+    extra: dict = {}
+    if parsed.get_backend_name() == "postgresql" and parsed.get_driver_name() == "psycopg2":
+        # Batched UPDATE executemany: the scanner and the result writer update hundreds of
+        # rows per transaction, one round trip per page instead of per row.
+        extra["executemany_mode"] = "values_plus_batch"
     return create_engine(
         url,
+        **extra,
         pool_size=pool_size,
         max_overflow=pool_size,
         pool_pre_ping=True,
