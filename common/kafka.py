@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Any
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
@@ -20,6 +21,9 @@ log = logging.getLogger(__name__)
 #: kafka-python's base error, re-exported so services can say "any broker error" without
 #: importing the driver.
 BrokerError = KafkaError
+
+#: Seconds a producer waits after failing to reach the broker before it tries again.
+RECONNECT_COOLDOWN = 5.0
 
 
 def _servers(settings: Settings) -> list[str]:
@@ -38,10 +42,15 @@ class Producer:
         self._client_id = client_id
         self._lock = threading.Lock()
         self._producer: KafkaProducer | None = None
+        self._down_until = 0.0  # monotonic time before which we do not try to connect again
 
     def _get(self) -> KafkaProducer:
         with self._lock:
             if self._producer is None:
+                if time.monotonic() < self._down_until:
+                    # The broker was unreachable a moment ago: answer at once rather than make
+                    # every caller (an API request, say) wait for another connection timeout.
+                    raise BrokerUnavailable(f"Kafka at {self._settings.kafka_bootstrap} is unreachable (retrying soon)")
                 try:
                     self._producer = KafkaProducer(
                         bootstrap_servers=_servers(self._settings),
@@ -59,6 +68,7 @@ class Producer:
                         max_request_size=max(self._settings.max_message_bytes * 2, 1_048_576),
                     )
                 except KafkaError as exc:
+                    self._down_until = time.monotonic() + RECONNECT_COOLDOWN
                     raise BrokerUnavailable(f"cannot reach Kafka at {self._settings.kafka_bootstrap}: {exc}") from exc
             return self._producer
 

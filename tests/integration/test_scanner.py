@@ -78,3 +78,20 @@ def test_run_loop_dispatches_a_job_created_later(kafka_settings):
         thread.join(10)
     assert not thread.is_alive()
     assert get_job(kafka_settings, job_id).execute_at - utcnow() < timedelta(seconds=3)
+
+
+def test_producer_fails_fast_while_the_broker_is_known_to_be_down(settings):
+    import time
+    from dataclasses import replace
+
+    import pytest
+
+    from common.errors import BrokerUnavailable
+
+    producer = Producer(replace(settings, kafka_bootstrap="127.0.0.1:1"))
+    with pytest.raises(BrokerUnavailable):
+        producer.send("t", b"k", b"v")  # the first try waits for the bootstrap timeout
+    started = time.monotonic()
+    with pytest.raises(BrokerUnavailable, match="retrying soon"):
+        producer.send("t", b"k", b"v")
+    assert time.monotonic() - started < 0.5
