@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import uuid
 from datetime import timedelta
 
 from common import store
@@ -133,3 +134,39 @@ def test_apply_update_is_idempotent_and_monotonic(settings):
     with session_scope(settings) as session:
         rows = session.query(JobAttempt).filter_by(job_id=job_id).order_by(JobAttempt.attempt).all()
         assert [(r.attempt, r.status, r.error) for r in rows] == [(1, "FAILED", "boom"), (2, "SUCCESS", None)]
+
+
+def test_scanner_queries_use_their_partial_indexes(settings):
+    """The scanner must not read the whole table to find one minute of work."""
+    import sqlalchemy as sa
+
+    from common.db import get_engine
+    from common.models import Job
+
+    now = utcnow()
+    rows = [dict(id=uuid.uuid4(), name="n", type="noop", payload={}, meta={},
+                 status="SUCCESS" if i % 10 else "SCHEDULED", execute_at=now + timedelta(seconds=i),
+                 priority=0, max_retries=3, timeout_seconds=30.0, attempts=0, dispatch_token=0,
+                 created_at=now, updated_at=now) for i in range(20000)]
+    with get_engine(settings).begin() as conn:
+        conn.execute(sa.insert(Job), rows)
+        conn.execute(sa.text("ANALYZE jobs"))
+    with session_scope(settings) as session:
+        captured = []
+
+        @sa.event.listens_for(session.bind, "before_cursor_execute")
+        def capture(conn, cursor, statement, parameters, context, executemany):  # noqa: ANN001
+            if statement.lstrip().upper().startswith("SELECT") and "FOR UPDATE" in statement:
+                captured.append((statement, parameters))
+
+        store.claim_due(session, now=now, horizon=now + timedelta(seconds=120), lease=10, limit=500)
+        sa.event.remove(session.bind, "before_cursor_execute", capture)
+        plans = []
+        for statement, parameters in captured:
+            cursor = session.connection().connection.cursor()
+            cursor.execute("EXPLAIN " + statement, parameters)
+            plans.append("\n".join(row[0] for row in cursor.fetchall()))
+    assert len(plans) == 2
+    assert "ix_jobs_due" in plans[0], plans[0]
+    assert "ix_jobs_lease" in plans[1], plans[1]
+    assert all("Seq Scan" not in plan for plan in plans), plans
