@@ -18,6 +18,7 @@ from api import queries
 from api.context import request_now, runtime
 from api.create import create_job, dispatch_if_due, request_hash
 from api.errors import JobNotCancellable
+from api.parsing import JsonParser
 from api.schemas import (
     AttemptListSchema,
     Cursor,
@@ -30,6 +31,7 @@ from api.schemas import (
 )
 
 blp = Blueprint("jobs", __name__, url_prefix="/api/jobs", description="Create, list, inspect and cancel jobs.")
+blp.ARGUMENTS_PARSER = JsonParser()  # before the views below: @blp.arguments reads it
 
 
 @blp.before_request

@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 import re
 import uuid
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from common.states import JobStatus
 from api.context import current_settings, request_now
 
 MAX_DELAY_SECONDS = 10 * 366 * 86400  # keeps now + delay far from datetime's range
+MAX_JSON_DEPTH = 32  # nesting of payload and metadata; deeper risks RecursionError downstream
 INT32 = validate.Range(min=-(2**31), max=2**31 - 1)
 STATUSES = tuple(s.value for s in JobStatus)
 
@@ -32,13 +34,50 @@ def payload_size(payload: Any) -> int:
     return len(json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode())
 
 
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+LONE_SURROGATE_MESSAGE = "must be valid Unicode (a lone surrogate such as \\ud800 cannot be stored)"
+
+
+def json_value_problem(value: Any, *, max_depth: int = MAX_JSON_DEPTH) -> str | None:
+    """Why ``value`` (parsed JSON) cannot be stored and handed on as JSON, or None: nested
+    deeper than ``max_depth``, a number that is not finite (1e400, NaN), or a string or key
+    with a lone surrogate (not UTF-8). Iterative, so any depth is safe to inspect."""
+    stack: list[tuple[Any, int, str]] = [(value, 1, "")]
+    while stack:
+        item, depth, path = stack.pop()
+        where = f" (at {path})" if path else ""
+        if isinstance(item, (dict, list)):
+            if depth > max_depth:
+                return f"is nested deeper than {max_depth} levels{where}"
+            pairs = item.items() if isinstance(item, dict) else enumerate(item)
+            for key, child in pairs:
+                if isinstance(key, str) and _LONE_SURROGATE.search(key):
+                    return f"keys {LONE_SURROGATE_MESSAGE}{where}"
+                step = f"[{key}]" if isinstance(item, list) else f".{key}" if path else key
+                stack.append((child, depth + 1, f"{path}{step}"))
+        elif isinstance(item, float) and not math.isfinite(item):
+            return f"numbers must be finite (no NaN or Infinity, and within ±1.8e308){where}"
+        elif isinstance(item, str) and _LONE_SURROGATE.search(item):
+            return f"strings {LONE_SURROGATE_MESSAGE}{where}"
+    return None
+
+
+def _storable_json(value: Any) -> None:
+    problem = json_value_problem(value)
+    if problem is not None:
+        raise ValidationError(problem)
+
+
 class Text(fields.String):
-    """A string without NUL characters, which PostgreSQL cannot store or compare."""
+    """A string without NUL characters, which PostgreSQL cannot store or compare, and without
+    lone surrogates, which are not UTF-8 (the driver cannot even send them)."""
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
         text = super()._deserialize(value, attr, data, **kwargs)
         if "\x00" in text:
             raise ValidationError("must not contain NUL characters")
+        if _LONE_SURROGATE.search(text):
+            raise ValidationError(LONE_SURROGATE_MESSAGE)
         return text
 
 
@@ -87,7 +126,7 @@ class JobCreateSchema(_SettingsSchema):
         required=True, metadata={"description": "A job type enabled in this deployment, e.g. http, noop."}
     )
     payload = fields.Dict(
-        keys=fields.String(), load_default=dict,
+        keys=fields.String(), load_default=dict, validate=_storable_json,
         metadata={"description": "Arguments of the job type (validated per type); at most CHRONOQ_MAX_PAYLOAD_BYTES."},
     )
     execute_at = AwareDateTime(metadata={"description": "When to run, with an offset, e.g. 2030-01-01T14:03:07.250Z."})
@@ -101,15 +140,16 @@ class JobCreateSchema(_SettingsSchema):
     )
     timeout_seconds = fields.Float(
         validate=validate.Range(min=0, max=86400, min_inclusive=False),
-        metadata={"description": "Longest run of one attempt; default CHRONOQ_DEFAULT_TIMEOUT_SECONDS."},
+        metadata={"description": "Longest run of one attempt; default CHRONOQ_DEFAULT_TIMEOUT_SECONDS.",
+                  "exclusiveMinimum": True},  # apispec drops min_inclusive=False
     )
     priority = fields.Integer(load_default=0, validate=INT32, metadata={"description": "Higher runs first among jobs due together."})
     misfire_grace_seconds = fields.Float(
         load_default=None, allow_none=True, validate=validate.Range(min=0, min_inclusive=False),
-        metadata={"description": "Fail instead of running when this late; null: always run."},
+        metadata={"description": "Fail instead of running when this late; null: always run.", "exclusiveMinimum": True},
     )
     metadata_ = fields.Dict(
-        keys=fields.String(), load_default=dict, data_key="metadata", attribute="meta",
+        keys=fields.String(), load_default=dict, data_key="metadata", attribute="meta", validate=_storable_json,
         metadata={"description": "Free-form labels, returned as given."},
     )
 
@@ -208,8 +248,9 @@ class Cursor:
         try:
             raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
             at, _, job_id = raw.partition("|")
+            # OverflowError: a forged time such as 0001-01-01T00:00+05:00 is before year 1 in UTC.
             return cls(ensure_aware(datetime.fromisoformat(at)), uuid.UUID(job_id))
-        except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
+        except (binascii.Error, UnicodeDecodeError, ValueError, OverflowError) as exc:
             raise ValidationError("is not a cursor returned by this API") from exc
 
 

@@ -10,7 +10,7 @@ from typing import Any, Callable, Sequence
 
 from common.config import Settings
 from common.errors import BrokerUnavailable
-from common.kafka import BrokerError, make_consumer
+from common.kafka import BrokerError, ensure_topics, make_consumer
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +49,9 @@ class ConsumerLoop:
             while not self.stop.is_set():
                 if consumer is None:
                     try:
+                        # A broker that lost its state (tansu keeps memory only) comes back
+                        # without topics; whoever reconnects first creates them again.
+                        ensure_topics(self.settings)
                         consumer = make_consumer(self.settings, self.topic, self.group_id, self.client_id)
                     except BrokerUnavailable as exc:
                         backoff = self._wait(backoff, f"cannot join {self.group_id}: {exc}")
@@ -56,6 +59,11 @@ class ConsumerLoop:
                 try:
                     polled = consumer.poll(timeout_ms=500, max_records=self.max_records)
                 except BrokerError as exc:
+                    # Start over with a new consumer: its positions come from the broker's
+                    # committed offsets again, not from memory that may describe a log the
+                    # broker no longer has.
+                    self._close(consumer)
+                    consumer = None
                     backoff = self._wait(backoff, f"poll of {self.topic} failed: {exc!r}")
                     continue
                 backoff = 0.5
@@ -71,7 +79,7 @@ class ConsumerLoop:
                         "handling %d messages of %s failed; leaving them uncommitted and rejoining",
                         len(records), self.topic,
                     )
-                    consumer.close(autocommit=False)  # positions fall back to the last commit
+                    self._close(consumer)  # positions fall back to the last commit
                     consumer = None
                     backoff = self._wait(backoff, "handler failed")
                     continue
@@ -87,11 +95,14 @@ class ConsumerLoop:
                     )
         finally:
             if consumer is not None:
-                try:
-                    consumer.close(autocommit=False)
-                except BrokerError as exc:
-                    log.warning("closing the consumer failed: %r", exc)
+                self._close(consumer)
             log.info("consumer of %s (group %s) closed", self.topic, self.group_id)
+
+    def _close(self, consumer: Any) -> None:
+        try:
+            consumer.close(autocommit=False)
+        except Exception as exc:  # noqa: BLE001 - a consumer of a dead broker may fail to close
+            log.warning("closing the consumer failed: %r", exc)
 
     def _wait(self, backoff: float, why: str) -> float:
         log.warning("%s; retrying in %.1fs", why, backoff)

@@ -58,7 +58,7 @@ def dispatch(
     if failed:
         with session_scope(settings) as session:
             for message in failed:
-                store.unclaim(session, message.job_id, message.token, now=now)
+                store.unclaim(session, message, now=now)
         result.unpublished = len(failed)
         log.warning("%d dispatches not acknowledged by Kafka; put back for the next scan", len(failed))
     return result

@@ -167,7 +167,9 @@ def make_consumer(settings: Settings, topic: str, group_id: str, client_id: str 
 def ensure_topics(settings: Settings) -> None:
     """Create chronoq's three topics if they do not exist yet."""
     try:
-        admin = KafkaAdminClient(bootstrap_servers=_servers(settings), client_id="chronoq-admin")
+        admin = KafkaAdminClient(
+            bootstrap_servers=_servers(settings), client_id="chronoq-admin", bootstrap_timeout_ms=3000
+        )
     except KafkaError as exc:
         raise BrokerUnavailable(f"cannot reach Kafka at {settings.kafka_bootstrap}: {exc}") from exc
     try:

@@ -65,12 +65,16 @@ def _claim_rows(session: Session, jobs: list[Job], now: datetime, lease: float) 
     for job in jobs:
         if job.attempts >= job.max_retries + 1:
             # Its last attempt started and then went silent past its lease: no retry is left.
+            if job.status == JobStatus.RUNNING.value:
+                _mark_lost(session, job, now)
             job.status = JobStatus.FAILED.value
             job.finished_at = now
             job.lease_until = None
             job.error = job.error or f"attempt {job.attempts} lost (lease expired) and no retries left"
             claimed.exhausted.append(job.id)
             continue
+        if job.status == JobStatus.RUNNING.value:
+            _mark_lost(session, job, now)
         fire_at = _fire_at(job, now)
         job.status = JobStatus.QUEUED.value
         job.dispatch_token = job.dispatch_token + 1
@@ -79,6 +83,23 @@ def _claim_rows(session: Session, jobs: list[Job], now: datetime, lease: float) 
         claimed.messages.append(_dispatch_message(job, fire_at))
     session.flush()
     return claimed
+
+
+def _mark_lost(session: Session, job: Job, now: datetime) -> None:
+    """The history row of a running attempt whose executor went silent: FAILED as lost."""
+    session.execute(
+        update(JobAttempt)
+        .where(
+            JobAttempt.job_id == job.id,
+            JobAttempt.attempt == job.attempts,
+            JobAttempt.status == JobStatus.RUNNING.value,
+        )
+        .values(
+            status=JobStatus.FAILED.value,
+            finished_at=now,
+            error=f"lost: no word from executor {job.executor} before its lease ran out",
+        )
+    )
 
 
 def claim_due(session: Session, *, now: datetime, horizon: datetime, lease: float, limit: int) -> Claimed:
@@ -121,13 +142,19 @@ def claim_ids(session: Session, ids: list[uuid.UUID], *, now: datetime, lease: f
     return _claim_rows(session, list(jobs), now, lease)
 
 
-def unclaim(session: Session, job_id: uuid.UUID, token: int, *, now: datetime) -> bool:
-    """Put a QUEUED job back to SCHEDULED (its message was not published, or its executor is
-    handing it back), so the next scan dispatches it again without waiting for the lease."""
+def unclaim(session: Session, message: DispatchMessage, *, now: datetime) -> bool:
+    """Hand a dispatch that has not started back to the scanner (its message was not
+    published, or its executor is stopping): SCHEDULED again, so the next scan dispatches it
+    without waiting for the lease. A retry keeps its backoff in ``next_attempt_at``."""
     result = session.execute(
         update(Job)
-        .where(Job.id == job_id, Job.dispatch_token == token, Job.status == JobStatus.QUEUED.value)
-        .values(status=JobStatus.SCHEDULED.value, lease_until=None, updated_at=now)
+        .where(*_unstarted(message))
+        .values(
+            status=JobStatus.SCHEDULED.value,
+            lease_until=None,
+            next_attempt_at=message.execute_at if message.attempt > 1 else None,
+            updated_at=now,
+        )
     )
     return result.rowcount == 1
 
@@ -161,11 +188,44 @@ def claim_start(
             started_at=now,
             executor=executor,
             next_attempt_at=None,
-            lease_until=now + timedelta(seconds=message.timeout_seconds + lease),
+            lease_until=now + timedelta(seconds=lease),
             updated_at=now,
         )
     )
-    return result.rowcount == 1
+    if result.rowcount != 1:
+        return False
+    # The history shows the attempt from its start, even if its executor then dies silently.
+    _record_attempt(
+        session,
+        _attempt_rows(session, [message.job_id]),
+        UpdateMessage(
+            job_id=message.job_id, token=message.token, status=JobStatus.RUNNING.value,
+            attempt=message.attempt, at=now, executor=executor, started_at=now,
+        ),
+    )
+    return True
+
+
+def extend_leases(session: Session, running: list[DispatchMessage], *, now: datetime, lease: float) -> int:
+    """The executor's heartbeat: push the lease of its running attempts ``lease`` seconds
+    ahead, so the scanner re-dispatches an attempt only after its executor went silent."""
+    if not running:
+        return 0
+    until = now + timedelta(seconds=lease)
+    extended = 0
+    for message in running:
+        result = session.execute(
+            update(Job)
+            .where(
+                Job.id == message.job_id,
+                Job.dispatch_token == message.token,
+                Job.attempts == message.attempt,
+                Job.status == JobStatus.RUNNING.value,
+            )
+            .values(lease_until=until)
+        )
+        extended += result.rowcount
+    return extended
 
 
 def fail_unstarted(session: Session, message: DispatchMessage, *, error: str, now: datetime) -> bool:
@@ -212,10 +272,7 @@ def apply_updates(session: Session, messages: list[UpdateMessage], *, lease: flo
         job.id: job
         for job in session.scalars(select(Job).where(Job.id.in_(ids)).order_by(Job.id).with_for_update())
     }
-    attempts = {
-        (row.job_id, row.attempt): row
-        for row in session.scalars(select(JobAttempt).where(JobAttempt.job_id.in_(list(jobs))))
-    }
+    attempts = _attempt_rows(session, list(jobs))
     moved = 0
     for message in messages:
         job = jobs.get(message.job_id)
@@ -231,6 +288,13 @@ def apply_updates(session: Session, messages: list[UpdateMessage], *, lease: flo
 def apply_update(session: Session, message: UpdateMessage, *, lease: float) -> bool:
     """:func:`apply_updates` for one message."""
     return apply_updates(session, [message], lease=lease) == 1
+
+
+def _attempt_rows(session: Session, job_ids: list[uuid.UUID]) -> dict[tuple[uuid.UUID, int], JobAttempt]:
+    return {
+        (row.job_id, row.attempt): row
+        for row in session.scalars(select(JobAttempt).where(JobAttempt.job_id.in_(job_ids)))
+    }
 
 
 def _move_job(job: Job, message: UpdateMessage, lease: float) -> bool:

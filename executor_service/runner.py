@@ -31,9 +31,6 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-#: Pauses between tries of a database statement that found the database unavailable.
-DB_RETRY_DELAYS = (0.1, 0.3, 1.0)
-
 #: Schedules an attempt in memory; False when the executor is stopping and did not take it.
 Schedule = Callable[[DispatchMessage], bool]
 
@@ -48,6 +45,8 @@ class Runner:
         self.counters = counters
         self.schedule = schedule
         self.executor_id = settings.resolved_executor_id
+        #: Attempts running now; the executor's heartbeat extends their leases.
+        self.running: dict[tuple[Any, int, int], DispatchMessage] = {}
 
     def fire(self, message: DispatchMessage) -> None:
         """APScheduler's job function. Never raises: an unexpected error is logged, and the
@@ -84,12 +83,16 @@ class Runner:
             return
         log.debug("job %s attempt %d started %.1f ms after its time", message.job_id, message.attempt, late * 1000)
         self.updates.running(self._update(message, JobStatus.RUNNING, at=now, started_at=now))
+        key = (message.job_id, message.token, message.attempt)
+        self.running[key] = message
         try:
             output = self._execute(message)
         except Exception as exc:
             self._failed(message, now, exc)
         else:
             self._succeeded(message, now, output)
+        finally:
+            self.running.pop(key, None)
 
     def _execute(self, message: DispatchMessage) -> Any:
         deadline = time.monotonic() + message.timeout_seconds
@@ -146,9 +149,10 @@ class Runner:
             # Same dispatch token: claim_start's CAS on the attempt count keeps the retry single.
             retry = dataclasses.replace(message, attempt=message.attempt + 1, execute_at=next_at)
             if not self.schedule(retry):
+                handed = self._db(retry, "hand back", lambda s: store.unclaim(s, retry, now=utcnow()))
                 log.info(
-                    "executor stopping: retry %d of job %s is left to the scanner (after its lease)",
-                    retry.attempt, message.job_id,
+                    "executor stopping: retry %d of job %s %s", retry.attempt, message.job_id,
+                    "handed back to the scanner" if handed else "left to the scanner (after its lease)",
                 )
             return
         self.counters.add("failed")
@@ -177,22 +181,26 @@ class Runner:
         self.updates.final(self._update(message, JobStatus.FAILED, at=now, finished_at=now, error=error))
 
     def _db(self, message: DispatchMessage, what: str, statement: Callable[[Any], T]) -> T | None:
-        """Run ``statement`` in its own committed transaction, retried while the database is
-        unavailable; None once it gave up (the scanner's lease then re-dispatches the job)."""
-        for pause in (*DB_RETRY_DELAYS, None):
+        """Run ``statement`` in its own committed transaction, retried with backoff while the
+        database is unavailable for up to half a lease (the job then still fires, late, when
+        the database is back); None once it gave up (the scanner's lease then re-dispatches
+        the job)."""
+        give_up = time.monotonic() + self.settings.lease_seconds / 2
+        pause = 0.1
+        while True:
             try:
                 with session_scope(self.settings) as session:
                     return statement(session)
             except DatabaseUnavailable as exc:
-                if pause is None:
+                if time.monotonic() + pause > give_up:
                     log.warning(
-                        "job %s attempt %d: cannot %s it, database unavailable (%s); giving up this "
-                        "fire, the scanner re-dispatches it when its lease runs out",
+                        "job %s attempt %d: cannot %s it, database unavailable (%s); giving up, the "
+                        "scanner re-dispatches it when its lease runs out",
                         message.job_id, message.attempt, what, exc,
                     )
                     return None
                 time.sleep(pause)
-        return None
+                pause = min(pause * 2, 2.0)
 
     def _update(self, message: DispatchMessage, status: JobStatus, *, at: datetime, **fields: Any) -> UpdateMessage:
         return UpdateMessage(

@@ -75,12 +75,17 @@ class Executor:
             "executor %s consuming %s (group %s), %d workers",
             self.settings.resolved_executor_id, self.settings.topic_jobs, GROUP_ID, self.settings.executor_workers,
         )
+        beating = threading.Event()
+        heart = threading.Thread(target=self._heartbeat, args=(beating,), name="executor-heartbeat", daemon=True)
+        heart.start()
         try:
             self._report_until_stopped()
         finally:
             self.stop.set()
             poller.join()
-            self._shutdown()
+            self._shutdown()  # running jobs finish in here, so the heartbeat goes on until after
+            beating.set()
+            heart.join()
 
     def schedule(self, message: DispatchMessage) -> bool:
         """Add one attempt to the scheduler. A duplicate delivery (same job, token and attempt)
@@ -140,6 +145,20 @@ class Executor:
                 log.exception("the consumer loop failed; restarting it in 2s")
                 self.stop.wait(2.0)
 
+    def _heartbeat(self, done: threading.Event) -> None:
+        """Every third of a lease, extend the leases of the attempts running here, so that only
+        an executor that went silent (killed, hung, cut off) has its attempts re-dispatched."""
+        interval = self.settings.lease_seconds / 3
+        while not done.wait(interval):
+            running = list(self.runner.running.values())
+            if not running:
+                continue
+            try:
+                with session_scope(self.settings) as session:
+                    store.extend_leases(session, running, now=utcnow(), lease=self.settings.lease_seconds)
+            except DatabaseUnavailable as exc:
+                log.warning("could not extend the leases of %d running jobs: %s", len(running), exc)
+
     def _report_until_stopped(self) -> None:
         last = self.counters.snapshot()
         last_at = time.monotonic()
@@ -175,8 +194,8 @@ class Executor:
         )
 
     def _hand_back(self, messages: list[DispatchMessage]) -> int:
-        """QUEUED → SCHEDULED for dispatches that did not fire, so the scanner re-dispatches
-        them now rather than after their lease. An in-memory retry is left to its lease."""
+        """SCHEDULED again for dispatches and retries that did not fire, so the scanner
+        re-dispatches them now rather than after their lease."""
         if not messages:
             return 0
         now = utcnow()
@@ -184,12 +203,12 @@ class Executor:
         try:
             with session_scope(self.settings) as session:
                 for message in messages:
-                    if store.unclaim(session, message.job_id, message.token, now=now):
+                    if store.unclaim(session, message, now=now):
                         handed += 1
                     else:
                         log.info(
-                            "job %s attempt %d not handed back (no longer QUEUED); the scanner "
-                            "re-dispatches it when its lease runs out", message.job_id, message.attempt,
+                            "job %s attempt %d not handed back (cancelled, finished or superseded meanwhile)",
+                            message.job_id, message.attempt,
                         )
         except DatabaseUnavailable as exc:
             log.warning(

@@ -1,5 +1,8 @@
-"""Publishing transitions to the updates topic. RUNNING is fire-and-forget (the job must not
-wait for the broker); terminal updates wait for the acknowledgement, with a few retries."""
+"""Reporting transitions. RUNNING is published fire-and-forget (the job must not wait for the
+broker; the start claim already wrote it to the database). An attempt's end (SUCCESS, FAILED,
+RETRYING) is written through to the database *and* published, acknowledged, with a few
+retries: the result writer applies the same update idempotently, so the outcome survives the
+loss of either path (a broker that lost its log, or a database that was away)."""
 
 from __future__ import annotations
 
@@ -8,8 +11,10 @@ import logging
 import time
 from typing import Any
 
+from common import store
 from common.config import Settings
-from common.errors import BrokerUnavailable
+from common.db import session_scope
+from common.errors import BrokerUnavailable, DatabaseUnavailable
 from common.kafka import Producer
 from common.messages import UpdateMessage, encode_update
 
@@ -54,7 +59,28 @@ class Updates:
             log.warning("job %s: RUNNING update not published: %s", update.job_id, exc)
 
     def final(self, update: UpdateMessage) -> bool:
-        """Publish SUCCESS/FAILED/RETRYING and wait for the ack, retrying a few times."""
+        """Record the end of an attempt in the database, then publish it; True when at least
+        one of the two took it."""
+        recorded = self._record(update)
+        published = self._publish(update)
+        if not (recorded or published):
+            log.error(
+                "job %s: %s of attempt %d neither recorded nor published; the scanner "
+                "re-dispatches the job once its lease runs out",
+                update.job_id, update.status, update.attempt,
+            )
+        return recorded or published
+
+    def _record(self, update: UpdateMessage) -> bool:
+        try:
+            with session_scope(self.settings) as session:
+                store.apply_updates(session, [update], lease=self.settings.lease_seconds)
+            return True
+        except DatabaseUnavailable as exc:
+            log.warning("job %s: %s not written to the database (%s); the result writer will", update.job_id, update.status, exc)
+            return False
+
+    def _publish(self, update: UpdateMessage) -> bool:
         value = encode_update(update)
         for attempt in range(1, PUBLISH_TRIES + 1):
             try:
@@ -63,8 +89,7 @@ class Updates:
             except BrokerUnavailable as exc:
                 if attempt == PUBLISH_TRIES:
                     log.error(
-                        "job %s: %s update of attempt %d not published after %d tries (%s); the "
-                        "scanner re-dispatches the job once its lease runs out",
+                        "job %s: %s update of attempt %d not published after %d tries (%s)",
                         update.job_id, update.status, update.attempt, PUBLISH_TRIES, exc,
                     )
                     return False
