@@ -7,38 +7,24 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import requests
 
-from common.config import Settings
+from common.config import PREFIX, Settings
 
 MODULES = {"api": "api", "scanner": "scheduler_service", "executor": "executor_service", "results": "result_service"}
 
 
 def service_env(settings: Settings, **extra: str) -> dict[str, str]:
-    """The environment that gives a service process these settings."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CHRONOQ_")}
-    env.update({
-        "CHRONOQ_DATABASE_URL": settings.resolved_database_url,
-        "CHRONOQ_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
-        "CHRONOQ_TOPIC_JOBS": settings.topic_jobs,
-        "CHRONOQ_TOPIC_UPDATES": settings.topic_updates,
-        "CHRONOQ_TOPIC_DLQ": settings.topic_dlq,
-        "CHRONOQ_KAFKA_SESSION_TIMEOUT_MS": str(settings.kafka_session_timeout_ms),
-        "CHRONOQ_KAFKA_MAX_POLL_INTERVAL_MS": str(settings.kafka_max_poll_interval_ms),
-        "CHRONOQ_SCAN_INTERVAL_SECONDS": str(settings.scan_interval_seconds),
-        "CHRONOQ_SWEEP_INTERVAL_SECONDS": str(settings.sweep_interval_seconds),
-        "CHRONOQ_LEASE_SECONDS": str(settings.lease_seconds),
-        "CHRONOQ_RETRY_BACKOFF_SECONDS": str(settings.retry_backoff_seconds),
-        "CHRONOQ_RETRY_BACKOFF_MAX_SECONDS": str(settings.retry_backoff_max_seconds),
-        "CHRONOQ_RETRY_JITTER": str(settings.retry_jitter),
-        "CHRONOQ_API_PORT": str(settings.api_port),
-        "CHRONOQ_API_WORKERS": str(settings.api_workers),
-        "CHRONOQ_LOG_LEVEL": "INFO",
-        "PYTHONUNBUFFERED": "1",
-    })
+    """The environment that gives a service process exactly these settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(PREFIX)}
+    for f in fields(Settings):
+        value = getattr(settings, f.name)
+        env[f.metadata["env"]] = ",".join(value) if isinstance(value, tuple) else str(value)
+    env["CHRONOQ_LOG_LEVEL"] = "INFO"
+    env["PYTHONUNBUFFERED"] = "1"
     env.update(extra)
     return env
 
@@ -78,27 +64,46 @@ class Service:
 
 
 class System:
-    """The four services over one database and broker."""
+    """The four services over one database and broker, each one restartable by name."""
 
-    def __init__(self, settings: Settings, log_dir: Path, executors: int = 1) -> None:
+    def __init__(self, settings: Settings, log_dir: Path, executors: int = 1, scanners: int = 1) -> None:
         self.settings = settings
-        env = service_env(settings)
-        names = ["results", "scanner", "api"] + [f"executor{i + 1}" for i in range(executors)]
-        self.services = {n: Service(n, env, log_dir / f"{n}.log") for n in names}
+        self.env = service_env(settings)
+        self.log_dir = log_dir
+        names = ["results"] + [f"scanner{i + 1}" for i in range(scanners)] + ["api"]
+        names += [f"executor{i + 1}" for i in range(executors)]
+        self.services = {n: Service(n, self.env, log_dir / f"{n}.log") for n in names}
         self.base_url = f"http://127.0.0.1:{settings.api_port}"
+
+    def add(self, name: str) -> Service:
+        """Start one more service process (e.g. "executor3")."""
+        service = self.services[name] = Service(name, self.env, self.log_dir / f"{name}.log")
+        return service.start()
+
+    def kill(self, name: str) -> None:
+        """SIGKILL, as a crash would."""
+        self.services[name].stop(signal.SIGKILL)
+
+    def restart(self, name: str) -> None:
+        service = self.services[name]
+        service.restarts += 1
+        service.start()
 
     def start(self, timeout: float = 60.0) -> "System":
         for service in self.services.values():
             service.start()
+        self.wait_ready(timeout)
+        return self
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             for service in self.services.values():
-                assert service.process is not None
-                if service.process.poll() is not None:
+                if service.process is not None and service.process.poll() is not None:
                     raise RuntimeError(f"{service.name} exited at start-up:\n{service.log()[-3000:]}")
             try:
                 if requests.get(f"{self.base_url}/readyz", timeout=1).status_code == 200:
-                    return self
+                    return
             except requests.RequestException:
                 pass
             time.sleep(0.1)
@@ -107,5 +112,5 @@ class System:
     def stop(self) -> dict[str, int | None]:
         return {name: service.stop() for name, service in reversed(list(self.services.items()))}
 
-    def logs(self) -> str:
-        return "\n".join(f"==== {n}\n{s.log()[-4000:]}" for n, s in self.services.items())
+    def logs(self, tail: int = 4000) -> str:
+        return "\n".join(f"==== {n}\n{s.log()[-tail:]}" for n, s in self.services.items())

@@ -10,7 +10,6 @@ import time
 import uuid
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Iterator
 
 import pytest
@@ -20,47 +19,16 @@ from common.broker import free_port
 from common.clock import utcnow
 from tests.helpers import wait_for
 from tests.processes import System
+from tests.receiver import Receiver
 
 pytestmark = pytest.mark.e2e
 
 
-class Receiver:
-    """Records (path, arrival time, Idempotency-Key) of every request."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, datetime, str | None]] = []
-        self.lock = threading.Lock()
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
-                arrived = datetime.now(timezone.utc)
-                self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                with receiver.lock:
-                    receiver.calls.append((self.path, arrived, self.headers.get("Idempotency-Key")))
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.end_headers()
-                self.wfile.write(b'{"ok": true}')
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_port}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def paths(self) -> list[str]:
-        with self.lock:
-            return [path for path, _, _ in self.calls]
-
-
 @pytest.fixture(scope="module")
 def receiver() -> Iterator[Receiver]:
-    rec = Receiver()
-    rec.thread.start()
+    rec = Receiver().start()
     yield rec
-    rec.server.shutdown()
+    rec.stop()
 
 
 @pytest.fixture(scope="module")
@@ -120,11 +88,11 @@ def test_fifty_http_jobs_fire_on_time_once_each(system: System, receiver: Receiv
         lambda: all(get(system, j["id"])["status"] == "SUCCESS" for j in jobs),
         timeout=60, interval=0.5, what="all 50 jobs SUCCESS",
     )
-    calls = [c for c in receiver.calls if c[0].startswith("/hook/")]
-    paths = [path for path, _, _ in calls]
+    calls = [c for c in receiver.snapshot() if c.path.startswith("/hook/")]
+    paths = [c.path for c in calls]
     assert sorted(paths) == sorted(expected), "a job is missing or was called twice"
     lateness_ms = []
-    for path, arrived, key in calls:
+    for path, arrived, key in ((c.path, c.arrived, c.key) for c in calls):
         late = (arrived - expected[path]).total_seconds() * 1000
         assert late >= 0, f"{path} arrived {-late:.1f} ms early"
         assert key and key.endswith(":1")  # job id and attempt
@@ -152,7 +120,7 @@ def test_job_due_three_seconds_after_creation_fires_on_time(system: System, rece
     job = create(system, name="soon", type="http", execute_at=due.isoformat(),
                  payload={"url": f"{receiver.url}/soon"})
     wait_for(lambda: "/soon" in receiver.paths(), timeout=20, what="the call")
-    arrived = next(t for p, t, _ in receiver.calls if p == "/soon")
+    arrived = next(c.arrived for c in receiver.snapshot() if c.path == "/soon")
     late_ms = (arrived - parse(job["execute_at"])).total_seconds() * 1000
     print(f"\njob created 3 s before its time: late by {late_ms:.1f} ms")
     assert 0 <= late_ms < 1000

@@ -1,0 +1,89 @@
+"""Fixtures for tests that run the services as processes."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pytest
+import requests
+
+from common.broker import LocalBroker, free_port
+from common.config import Settings, load_settings
+from common.kafka import ensure_topics
+from tests.conftest import TEST_SETTINGS
+from tests.helpers import wait_for
+from tests.processes import System
+from tests.receiver import Receiver
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    rec = Receiver().start()
+    yield rec
+    rec.stop()
+
+
+@pytest.fixture
+def own_broker() -> Iterator[LocalBroker]:
+    """A broker this test may kill and restart (on the same port)."""
+    broker = LocalBroker().start()
+    yield broker
+    broker.stop()
+
+
+def system_settings(pg_url: str, bootstrap: str, **overrides: Any) -> Settings:
+    """Settings for a system under test: the run's database, fresh topics, a free API port."""
+    suffix = uuid.uuid4().hex[:8]
+    values = {**TEST_SETTINGS, "lease_seconds": 6.0, "sweep_interval_seconds": 1.0, **overrides}
+    return load_settings(
+        {}, database_url=pg_url, kafka_bootstrap=bootstrap, api_port=free_port(), api_workers=2,
+        topic_jobs=f"jobs-{suffix}", topic_updates=f"updates-{suffix}", topic_dlq=f"dlq-{suffix}", **values,
+    )
+
+
+def warm_up(system: System, timeout: float = 60.0) -> None:
+    """One job through the whole pipeline: every consumer group has joined."""
+    response = requests.post(
+        f"{system.base_url}/api/jobs", json={"name": "warm-up", "type": "noop", "delay_seconds": 0}, timeout=10
+    )
+    assert response.status_code == 201, response.text
+    url = system.base_url + response.headers["Location"]
+    wait_for(lambda: requests.get(url, timeout=5).json()["status"] == "SUCCESS", timeout=timeout, what="warm-up job")
+
+
+@pytest.fixture
+def make_system(pg_url: str, broker: LocalBroker, tmp_path: Path) -> Iterator[Callable[..., System]]:
+    """Start a system: ``make_system(executors=2, broker=own_broker, lease_seconds=5)``. Every
+    process is stopped at the end of the test; logs are printed when the test failed."""
+    started: list[System] = []
+
+    def make(executors: int = 1, scanners: int = 1, broker_: LocalBroker | None = None, **overrides: Any) -> System:
+        settings = system_settings(pg_url, (broker_ or broker).bootstrap, **overrides)
+        ensure_topics(settings)
+        log_dir = tmp_path / f"logs{len(started)}"
+        log_dir.mkdir()
+        system = System(settings, log_dir, executors=executors, scanners=scanners)
+        started.append(system)
+        system.start()
+        warm_up(system)
+        return system
+
+    yield make
+    for system in started:
+        system.stop()
+
+
+def create(system: System, **body: Any) -> dict:
+    response = requests.post(f"{system.base_url}/api/jobs", json=body, timeout=10)
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+def job(system: System, job_id: str) -> dict:
+    return requests.get(f"{system.base_url}/api/jobs/{job_id}", timeout=10).json()
+
+
+def attempts(system: System, job_id: str) -> list[dict]:
+    return requests.get(f"{system.base_url}/api/jobs/{job_id}/attempts", timeout=10).json()["items"]
