@@ -3,13 +3,10 @@ created through the HTTP API; an `http` receiver in this process logs every call
 
 from __future__ import annotations
 
-import json
 import statistics
-import threading
 import time
 import uuid
-from dataclasses import replace
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Iterator
 
 import pytest
