@@ -79,8 +79,8 @@ class Settings:
     scan_batch_size: int = _opt("SCAN_BATCH_SIZE", 500, _positive(int), "Jobs claimed per scanner transaction.")
     lease_seconds: float = _opt(
         "LEASE_SECONDS", 30.0, _positive(float),
-        "How long after its due time (or its timeout, once running) a dispatched job may stay silent "
-        "before the scanner dispatches it again.",
+        "How long a dispatched job may stay silent (past its due time; or, once running, since its "
+        "executor's last heartbeat) before the scanner dispatches it again.",
     )
     executor_id: str = _opt("EXECUTOR_ID", "", str, "Name of this executor in the history; default host:pid.")
     executor_workers: int = _opt("EXECUTOR_WORKERS", 32, _positive(int), "Jobs one executor runs at once.")
