@@ -52,11 +52,15 @@ class Producer:
                     # every caller (an API request, say) wait for another connection timeout.
                     raise BrokerUnavailable(f"Kafka at {self._settings.kafka_bootstrap} is unreachable (retrying soon)")
                 try:
+                    # Topics are created by chronoq with their partition count, never implicitly
+                    # by a send (a broker that restarted empty would make them with its defaults).
+                    ensure_topics(self._settings)
                     self._producer = KafkaProducer(
                         bootstrap_servers=_servers(self._settings),
                         client_id=self._client_id,
                         acks="all",
                         enable_idempotence=False,
+                        allow_auto_create_topics=False,
                         linger_ms=2,
                         retries=5,
                         max_block_ms=5000,
@@ -67,7 +71,7 @@ class Producer:
                         delivery_timeout_ms=20000,
                         max_request_size=max(self._settings.max_message_bytes * 2, 1_048_576),
                     )
-                except KafkaError as exc:
+                except (KafkaError, BrokerUnavailable) as exc:
                     self._down_until = time.monotonic() + RECONNECT_COOLDOWN
                     raise BrokerUnavailable(f"cannot reach Kafka at {self._settings.kafka_bootstrap}: {exc}") from exc
             return self._producer
