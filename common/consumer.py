@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Any, Callable, Sequence
 
 from common.config import Settings
@@ -17,6 +18,32 @@ log = logging.getLogger(__name__)
 #: A handler records a batch and returns True, or returns False when it was stopped before
 #: recording everything (then nothing is committed and the batch is delivered again).
 BatchHandler = Callable[[Sequence[Any]], bool]
+
+
+def _settle_before_leaving(consumer: Any, timeout: float) -> bool:
+    """Poll ``consumer`` until its group membership is stable (no join or sync in progress), at
+    most ``timeout`` seconds; True when it is. Records polled meanwhile are dropped uncommitted."""
+    coordinator = getattr(consumer, "_coordinator", None)
+    if coordinator is None or not hasattr(coordinator, "stable"):
+        return True
+
+    def stable() -> bool:
+        return bool(coordinator.stable()) and not coordinator.need_rejoin()
+
+    deadline = time.monotonic() + timeout
+    if stable():
+        return True
+    log.info("leaving the consumer group once its rebalance in progress is over (at most %.0fs)", timeout)
+    while time.monotonic() < deadline:
+        try:
+            consumer.poll(timeout_ms=200, max_records=1)  # drives the join; records are not taken
+        except Exception as exc:  # noqa: BLE001 - a broker error: leave as best we can
+            log.warning("while waiting for the rebalance to finish: %r", exc)
+            return False
+        if stable():
+            return True
+    log.warning("the group's rebalance did not finish within %.0fs; leaving it anyway", timeout)
+    return False
 
 
 class ConsumerLoop:
@@ -99,6 +126,12 @@ class ConsumerLoop:
             log.info("consumer of %s (group %s) closed", self.topic, self.group_id)
 
     def _close(self, consumer: Any) -> None:
+        if self.stop.is_set():
+            # Leave only outside a rebalance: a member that leaves while its JoinGroup is
+            # pending may be elected leader and be gone before it sends the assignment. Kafka
+            # then starts another rebalance; the tansu coordinator (0.6, the local and test
+            # broker) keeps the departed leader for good and the group never consumes again.
+            _settle_before_leaving(consumer, self.settings.kafka_session_timeout_ms / 1000)
         try:
             consumer.close(autocommit=False)
         except Exception as exc:  # noqa: BLE001 - a consumer of a dead broker may fail to close

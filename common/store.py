@@ -102,10 +102,15 @@ def _mark_lost(session: Session, job: Job, now: datetime) -> None:
     )
 
 
-def claim_due(session: Session, *, now: datetime, horizon: datetime, lease: float, limit: int) -> Claimed:
+def claim_due(
+    session: Session, *, now: datetime, horizon: datetime, lease: float, limit: int,
+    expired_before: datetime | None = None,
+) -> Claimed:
     """Claim up to ``limit`` jobs to dispatch: SCHEDULED ones due before ``horizon`` (overdue
     included), then in-flight ones whose lease ran out. Rows locked by another scanner are
-    skipped, so two scanners never claim the same job."""
+    skipped, so two scanners never claim the same job. ``expired_before`` (default ``now``)
+    bounds which leases count as run out: a lease that ran out while nobody could reach the
+    database (so nobody could extend it) is not evidence that its executor is gone."""
     due = session.scalars(
         select(Job)
         .where(Job.status == JobStatus.SCHEDULED.value, Job.execute_at < horizon)
@@ -118,7 +123,7 @@ def claim_due(session: Session, *, now: datetime, horizon: datetime, lease: floa
         expired = list(
             session.scalars(
                 select(Job)
-                .where(Job.status.in_(_IN_FLIGHT), Job.lease_until < now)
+                .where(Job.status.in_(_IN_FLIGHT), Job.lease_until < (expired_before or now))
                 .order_by(Job.lease_until)
                 .limit(limit - len(due))
                 .with_for_update(skip_locked=True)

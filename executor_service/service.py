@@ -150,6 +150,7 @@ class Executor:
         an executor that went silent (killed, hung, cut off) has its attempts re-dispatched."""
         interval = self.settings.lease_seconds / 3
         while not done.wait(interval):
+            self.runner.updates.write_pending()
             running = list(self.runner.running.values())
             if not running:
                 continue

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from typing import Any
 
@@ -49,6 +50,9 @@ class Updates:
     def __init__(self, settings: Settings, producer: Producer) -> None:
         self.settings = settings
         self.producer = producer
+        self._lock = threading.Lock()
+        #: Attempt ends not yet written to the database; the heartbeat writes them when it is back.
+        self.pending: list[UpdateMessage] = []
 
     def running(self, update: UpdateMessage) -> None:
         """Queue RUNNING without waiting for the ack; a failure is only logged (the terminal
@@ -62,6 +66,9 @@ class Updates:
         """Record the end of an attempt in the database, then publish it; True when at least
         one of the two took it."""
         recorded = self._record(update)
+        if not recorded:
+            with self._lock:
+                self.pending.append(update)
         published = self._publish(update)
         if not (recorded or published):
             log.error(
@@ -70,6 +77,22 @@ class Updates:
                 update.job_id, update.status, update.attempt,
             )
         return recorded or published
+
+    def write_pending(self) -> int:
+        """Write through the attempt ends the database missed (called by the heartbeat)."""
+        with self._lock:
+            pending = list(self.pending)
+        if not pending:
+            return 0
+        try:
+            with session_scope(self.settings) as session:
+                store.apply_updates(session, pending, lease=self.settings.lease_seconds)
+        except DatabaseUnavailable:
+            return 0
+        with self._lock:
+            self.pending = [u for u in self.pending if u not in pending]
+        log.info("wrote %d attempt ends through to the database after it came back", len(pending))
+        return len(pending)
 
     def _record(self, update: UpdateMessage) -> bool:
         try:

@@ -41,6 +41,10 @@ class Scanner:
         self.producer = producer or Producer(settings, client_id="chronoq-scanner")
         self.clock = clock
         self.totals = DispatchResult()
+        #: While the database was unreachable nobody could extend a lease; leases that ran out
+        #: after ``_down_since`` count only once a full lease has passed since it came back.
+        self._down_since: datetime | None = None
+        self._grace_until: datetime | None = None
 
     def scan(self, now: datetime) -> DispatchResult:
         """Claim and publish, batch after batch, every job due before the horizon of ``now``
@@ -57,6 +61,7 @@ class Scanner:
                     horizon=horizon,
                     lease=self.settings.lease_seconds,
                     limit=self.settings.scan_batch_size,
+                    expired_before=self._expired_before(now),
                 ),
                 now=now,
             )
@@ -66,6 +71,11 @@ class Scanner:
                 break  # nothing more is due, or Kafka is failing: try again at the next wake
         self.totals += result
         return result
+
+    def _expired_before(self, now: datetime) -> datetime:
+        if self._grace_until is not None and now < self._grace_until and self._down_since is not None:
+            return min(now, self._down_since)
+        return now
 
     def run(self) -> None:
         """Scan at once (overdue jobs run as soon as chronoq is back), then at every window
@@ -83,11 +93,21 @@ class Scanner:
             try:
                 result = self.scan(now)
             except (DatabaseUnavailable, BrokerUnavailable) as exc:
+                if isinstance(exc, DatabaseUnavailable) and self._down_since is None:
+                    self._down_since = now
+                    self._grace_until = None
                 log.warning("scan failed: %s; retrying in %.1fs", exc, backoff)
                 self.stop.wait(backoff)
                 backoff = min(backoff * 2, 30.0)
                 continue
             backoff = 0.5
+            if self._down_since is not None and self._grace_until is None:
+                self._grace_until = now + timedelta(seconds=self.settings.lease_seconds)
+                log.info("database back: leases that ran out since %s count from %s",
+                         self._down_since.isoformat(timespec="seconds"),
+                         self._grace_until.isoformat(timespec="seconds"))
+            elif self._grace_until is not None and now >= self._grace_until:
+                self._down_since = self._grace_until = None
             last_sweep = now
             elapsed = time.monotonic() - started
             if result.published or result.unpublished or result.exhausted:
