@@ -34,10 +34,17 @@ class DispatchMessage:
     max_retries: int
     timeout_seconds: float
     misfire_grace_seconds: float | None = None
+    #: The attempt number in the idempotency key; runs lost to a crash do not advance it.
+    key_attempt: int | None = None
 
     @property
     def key(self) -> bytes:
         return str(self.job_id).encode()
+
+    @property
+    def idempotency_key(self) -> str:
+        """``<job id>:<attempt>``, the same for a re-run of an attempt whose executor died."""
+        return f"{self.job_id}:{self.key_attempt or self.attempt}"
 
 
 @dataclass(frozen=True)
@@ -78,6 +85,7 @@ class _DispatchSchema(Schema):
     max_retries = fields.Integer(required=True, validate=validate.Range(min=0, max=10))
     timeout_seconds = fields.Float(required=True, validate=validate.Range(min=0, min_inclusive=False))
     misfire_grace_seconds = fields.Float(load_default=None, allow_none=True)
+    key_attempt = fields.Integer(load_default=None, allow_none=True, validate=validate.Range(min=1))
 
 
 class _UpdateSchema(Schema):

@@ -63,6 +63,9 @@ class Job(Base):
     timeout_seconds: Mapped[float] = mapped_column(Float)
     misfire_grace_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    #: Runs lost with their executor (lease ran out mid-run); they do not advance the
+    #: idempotency key, so the re-run of a lost attempt carries the key of that attempt.
+    lost_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     dispatch_token: Mapped[int] = mapped_column(BigInteger, default=0)
     lease_until: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
     next_attempt_at: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)

@@ -39,6 +39,7 @@ def _dispatch_message(job: Job, fire_at: datetime) -> DispatchMessage:
         max_retries=job.max_retries,
         timeout_seconds=job.timeout_seconds,
         misfire_grace_seconds=job.misfire_grace_seconds,
+        key_attempt=job.attempts + 1 - (job.lost_attempts or 0),
     )
 
 
@@ -87,6 +88,7 @@ def _claim_rows(session: Session, jobs: list[Job], now: datetime, lease: float) 
 
 def _mark_lost(session: Session, job: Job, now: datetime) -> None:
     """The history row of a running attempt whose executor went silent: FAILED as lost."""
+    job.lost_attempts = (job.lost_attempts or 0) + 1
     session.execute(
         update(JobAttempt)
         .where(

@@ -17,8 +17,9 @@ class PermanentFailure(ChronoqError):
 
 @dataclass
 class HandlerContext:
-    """One attempt's context. ``idempotency_key`` is stable across re-runs of the same attempt
-    (job id and attempt), so a downstream service can drop a duplicate."""
+    """One run's context. ``attempt`` numbers the runs of the job (its history rows);
+    ``idempotency_key`` (job id and attempt) stays the same when an attempt whose executor died
+    is run again, so a downstream service can drop the duplicate."""
 
     job_id: uuid.UUID
     name: str

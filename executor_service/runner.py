@@ -106,7 +106,7 @@ class Runner:
             name=message.name,
             attempt=message.attempt,
             max_retries=message.max_retries,
-            idempotency_key=f"{message.job_id}:{message.attempt}",
+            idempotency_key=message.idempotency_key,
             deadline=deadline,
             timeout_seconds=message.timeout_seconds,
             settings=self.settings,
@@ -147,7 +147,12 @@ class Runner:
                 next_attempt_at=next_at, error=error,
             ))
             # Same dispatch token: claim_start's CAS on the attempt count keeps the retry single.
-            retry = dataclasses.replace(message, attempt=message.attempt + 1, execute_at=next_at)
+            retry = dataclasses.replace(
+                message,
+                attempt=message.attempt + 1,
+                key_attempt=(message.key_attempt or message.attempt) + 1,
+                execute_at=next_at,
+            )
             if not self.schedule(retry):
                 handed = self._db(retry, "hand back", lambda s: store.unclaim(s, retry, now=utcnow()))
                 log.info(

@@ -68,7 +68,8 @@ class ChaosReport:
             f"lost {len(self.lost)}, not terminal {len(self.not_terminal)}, double starts of one attempt "
             f"{len(self.double_starts)}, http jobs never called {len(self.missing_calls)}, "
             f"history inconsistencies {len(self.history_errors)}",
-            f"documented re-runs (an attempt lost mid-run, run again as a new attempt): {self.reruns}",
+            f"documented re-runs (a run lost with its executor, run again with the same idempotency key): "
+            f"{self.reruns}",
             f"lateness of http jobs (first call): p50 {statistics.median(late):.0f} ms, p99 {p99:.0f} ms, "
             f"max {late[-1]:.0f} ms; worst for a job due within 20 s after a fault: {self.worst_after_fault_ms:.0f} ms",
         ]
@@ -214,13 +215,12 @@ class Chaos:
                 session.expunge(row)
         calls = self.receiver.snapshot()
         first_call: dict[str, datetime] = {}
-        keys_by_job: dict[str, set[str]] = defaultdict(set)
         for call in calls:
             job_id = (call.key or "").split(":")[0]
-            keys_by_job[job_id].add(call.key or "")
             if job_id not in first_call or call.arrived < first_call[job_id]:
                 first_call[job_id] = call.arrived
-        report.double_starts = self.receiver.duplicate_keys()
+        report.double_starts = self.receiver.double_starts()
+        rerun_jobs = {key.split(":")[0] for key in self.receiver.reruns()}
         wall_anchor = datetime.now().astimezone() - timedelta(seconds=time.monotonic())
         fault_walls = [wall_anchor + timedelta(seconds=t) for t in report.fault_times]
         for created in self.jobs:
@@ -242,8 +242,10 @@ class Chaos:
                     report.history_errors.append(f"{created.id}: called {-late:.1f} ms early")
                 if any(timedelta(0) <= created.execute_at - f <= timedelta(seconds=20) for f in fault_walls):
                     report.worst_after_fault_ms = max(report.worst_after_fault_ms, late)
-                if len(keys_by_job[created.id]) > 1:
+                if created.id in rerun_jobs:
                     report.reruns += 1
+                    if not any("lost" in (r.error or "") for r in history[created.id]):
+                        report.history_errors.append(f"{created.id}: re-run without a lost attempt in its history")
 
     @staticmethod
     def _check_history(created: Created, job: Job, rows: list[JobAttempt]) -> list[str]:

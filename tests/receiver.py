@@ -14,6 +14,7 @@ class Call:
     path: str
     arrived: datetime
     key: str | None  # the Idempotency-Key header: "<job id>:<attempt>"
+    run: str | None  # X-Chronoq-Attempt: which run of the job (its history row) this is
 
 
 class Receiver:
@@ -31,7 +32,10 @@ class Receiver:
                 arrived = datetime.now(timezone.utc)
                 self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 with receiver.lock:
-                    receiver.calls.append(Call(self.path, arrived, self.headers.get("Idempotency-Key")))
+                    receiver.calls.append(Call(
+                        self.path, arrived, self.headers.get("Idempotency-Key"),
+                        self.headers.get("X-Chronoq-Attempt"),
+                    ))
                 body = b'{"ok": true}'
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
@@ -62,7 +66,15 @@ class Receiver:
     def paths(self) -> list[str]:
         return [call.path for call in self.snapshot()]
 
-    def duplicate_keys(self) -> dict[str, int]:
-        """Idempotency keys (job and attempt) called more than once: double starts."""
-        counts = Counter(call.key for call in self.snapshot() if call.key)
-        return {key: n for key, n in counts.items() if n > 1}
+    def double_starts(self) -> dict[str, int]:
+        """Runs (job id, run number) that reached the receiver more than once."""
+        counts = Counter(f"{call.key.split(':')[0]}#{call.run}" for call in self.snapshot() if call.key)
+        return {run: n for run, n in counts.items() if n > 1}
+
+    def reruns(self) -> dict[str, int]:
+        """Idempotency keys sent by more than one run: an attempt re-run after its executor died."""
+        runs: dict[str, set[str | None]] = {}
+        for call in self.snapshot():
+            if call.key:
+                runs.setdefault(call.key, set()).add(call.run)
+        return {key: len(r) for key, r in runs.items() if len(r) > 1}

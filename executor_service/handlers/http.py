@@ -46,6 +46,8 @@ def call(payload: dict[str, Any], context: HandlerContext) -> dict[str, Any]:
     headers = dict(payload.get("headers") or {})
     if not any(name.lower() == "idempotency-key" for name in headers):
         headers["Idempotency-Key"] = context.idempotency_key  # the job's own key wins if given
+    headers.setdefault("X-Chronoq-Job-Id", str(context.job_id))
+    headers.setdefault("X-Chronoq-Attempt", str(context.attempt))  # the run, as in the history
     kwargs: dict[str, Any] = {}
     if payload.get("json") is not None:
         kwargs["json"] = payload["json"]

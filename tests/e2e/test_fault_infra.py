@@ -167,7 +167,7 @@ def test_broker_total_loss_recovers_jobs_and_outcomes(
     wait_statuses(system, jobs, lambda s: s == "SUCCESS", 35, "all 20 SUCCESS after the broker loss")
     late_a = lateness_ms(receiver, jobs, "/loss/")
     assert len(late_a) == 20 and sorted(receiver.paths()) == sorted(f"/loss/{i}" for i in range(20))
-    assert receiver.duplicate_keys() == {}
+    assert receiver.double_starts() == {}
     for j in jobs[:3]:
         history = attempts(system, j["id"])
         assert history[-1]["status"] == "SUCCESS", history
@@ -183,7 +183,7 @@ def test_broker_total_loss_recovers_jobs_and_outcomes(
     ]
     wait_statuses(system, fresh, lambda s: s == "SUCCESS", 20, "new jobs after the broker restart")
     late_b = lateness_ms(receiver, fresh, "/after/")
-    assert len(late_b) == 5 and receiver.duplicate_keys() == {}
+    assert len(late_b) == 5 and receiver.double_starts() == {}
     print(f"(b) 5 new jobs after the restart: lateness max {late_b[-1]:.0f} ms")
     assert late_b[-1] < 3000, "new jobs after a broker restart should not wait for a lease"
 
@@ -207,7 +207,7 @@ def test_broker_total_loss_recovers_jobs_and_outcomes(
         assert [(a["attempt"], a["status"]) for a in history] == [(1, "SUCCESS")], history
         assert history[0]["finished_at"] and history[0]["executor"], history
     late_c = lateness_ms(receiver, written, "/through/")
-    assert receiver.duplicate_keys() == {}
+    assert receiver.double_starts() == {}
     alive = all_alive(system)
     assert all(code is None for code in alive.values()), f"a service died: {alive}\n{system.logs()}"
     worst = max(late_a[-1], late_b[-1], late_c[-1])
@@ -285,7 +285,7 @@ def test_postgres_outage_503s_then_everything_resumes(make_system: Callable[...,
     # writer applied it, the lease that ran out unextended during the outage makes it run
     # the job again (attempt 2, a new idempotency key) although no executor died.
     assert reruns == 0, f"{reruns} jobs that succeeded during the outage were run again after it"
-    assert calls_to(receiver, "/during/0") >= 1 and receiver.duplicate_keys() == {}
+    assert calls_to(receiver, "/during/0") >= 1 and receiver.double_starts() == {}
     late = lateness_ms(receiver, during, "/during/")
     assert len(late) >= 10
 
@@ -361,7 +361,7 @@ def test_cancel_races_with_the_fire(make_system: Callable[..., System], receiver
         else:
             raise AssertionError(f"job {index}: DELETE answered {code}: {text}")
     sent = sorted(s for _, _, s in answers)
-    assert receiver.duplicate_keys() == {}
+    assert receiver.double_starts() == {}
     assert calls_to(receiver, "/queued") == 0 and job(system, queued["id"])["status"] == "CANCELLED"
     assert attempts(system, queued["id"]) == []
     print(f"\ncancel at the fire moment: {won} x 200 (never ran), {lost} x 409 (ran once); DELETEs sent "

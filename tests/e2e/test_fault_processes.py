@@ -19,7 +19,6 @@ from datetime import datetime, timedelta
 from typing import Any, Iterable
 
 import pytest
-import requests
 from kafka import KafkaConsumer, TopicPartition
 from sqlalchemy import select
 
@@ -30,7 +29,7 @@ from common.messages import decode_dispatch
 from common.models import Job, JobAttempt
 from common.windows import needs_direct_dispatch
 from tests.e2e.conftest import attempts, create, job
-from tests.helpers import get_job, read_topic, wait_for
+from tests.helpers import read_topic, wait_for
 from tests.processes import System
 from tests.receiver import Receiver
 
@@ -188,7 +187,7 @@ def test_executor_sigkill_queued_and_running_jobs_recovered(make_system, receive
 
     # No http job was called twice, none is missing, each on attempt 1 (it never started before).
     keys = calls_by_key(receiver, hooks)
-    assert receiver.duplicate_keys() == {}
+    assert receiver.double_starts() == {}
     assert set(keys) == {f"{i}:1" for i in ids}
 
     late = lateness_ms(receiver, hooks)
@@ -249,7 +248,7 @@ def test_executor_sigterm_hands_back_and_others_fire_on_time(make_system, receiv
     wait_statuses(settings, ids, {"SUCCESS"}, timeout=40, what="every job SUCCESS")
     rows = db_jobs(settings, ids)
     late = lateness_ms(receiver, hooks)
-    assert receiver.duplicate_keys() == {}
+    assert receiver.double_starts() == {}
     assert set(calls_by_key(receiver, hooks)) == {f"{i}:1" for i in ids}
     redispatched = [i for i, r in rows.items() if r.dispatch_token > 1]
     print(f"\nexecutor SIGTERM: stopped in {stop_took:.1f} s, handed back {handed} of {len(ids)} jobs "
@@ -291,7 +290,7 @@ def test_rebalance_under_load_every_job_once(make_system, receiver: Receiver) ->
     wait_statuses(settings, ids, {"SUCCESS"}, timeout=60, what="all 150 jobs SUCCESS")
     rows = db_jobs(settings, ids)
     keys = calls_by_key(receiver, hooks)
-    assert receiver.duplicate_keys() == {}, "an attempt was called twice"
+    assert receiver.double_starts() == {}, "an attempt was called twice"
     assert set(keys) == {f"{i}:1" for i in ids}, "a job is missing or ran on a later attempt"
     assert all(n == 1 for n in keys.values())
     late = lateness_ms(receiver, hooks)
@@ -346,7 +345,7 @@ def test_two_scanners_one_killed_no_double_dispatch(make_system, receiver: Recei
 
     wait_statuses(settings, ids, {"SUCCESS"}, timeout=45, what="all 200 jobs SUCCESS")
     rows = db_jobs(settings, ids)
-    assert receiver.duplicate_keys() == {}
+    assert receiver.double_starts() == {}
     assert set(calls_by_key(receiver, hooks)) == {f"{i}:1" for i in ids}
 
     # Every dispatch the scanners published, by job: exactly one per job, with the job's token.
@@ -414,7 +413,7 @@ def test_result_writer_sigkill_replays_without_harm(make_system, receiver: Recei
         assert attempt.started_at <= attempt.finished_at
         assert attempt.error is None and row.error is None
         assert attempt.output == row.output and row.output is not None
-    assert receiver.duplicate_keys() == {}
+    assert receiver.double_starts() == {}
 
     log = system.services["results"].log()
     starts = log.count("result writer started")
