@@ -8,6 +8,7 @@ from datetime import datetime, timedelta
 from typing import Any, Callable
 
 from kafka import KafkaConsumer, TopicPartition
+from sqlalchemy import func, select
 
 from common.clock import utcnow
 from common.config import Settings
@@ -16,7 +17,7 @@ from common.models import Job
 
 
 def add_job(settings: Settings, *, due_in: float = 0.0, execute_at: datetime | None = None, **kw: Any) -> uuid.UUID:
-    """Insert a SCHEDULED job directly and return its id."""
+    """Insert a job directly (SCHEDULED unless ``status`` says otherwise) and return its id."""
     fields = dict(name="test", type="noop", payload={}, max_retries=3, timeout_seconds=30.0)
     fields.update(kw)
     with session_scope(settings) as session:
@@ -24,6 +25,11 @@ def add_job(settings: Settings, *, due_in: float = 0.0, execute_at: datetime | N
         session.add(job)
         session.flush()
         return job.id
+
+
+def count_jobs(settings: Settings) -> int:
+    with session_scope(settings) as session:
+        return session.scalar(select(func.count()).select_from(Job))
 
 
 def get_job(settings: Settings, job_id: uuid.UUID) -> Job:

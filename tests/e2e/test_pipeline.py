@@ -5,15 +5,16 @@ from __future__ import annotations
 
 import statistics
 import time
-import uuid
 from datetime import datetime, timedelta
 from typing import Iterator
 
 import pytest
 import requests
 
-from common.broker import free_port
 from common.clock import utcnow
+from common.kafka import ensure_topics
+from tests.e2e.conftest import create, system_settings, warm_up
+from tests.e2e.conftest import job as get
 from tests.helpers import wait_for
 from tests.processes import System
 from tests.receiver import Receiver
@@ -30,22 +31,12 @@ def receiver() -> Iterator[Receiver]:
 
 @pytest.fixture(scope="module")
 def system(pg_url, broker, tmp_path_factory) -> Iterator[System]:
-    from common.config import load_settings
-    from common.kafka import ensure_topics
-    from tests.conftest import TEST_SETTINGS
-
-    suffix = uuid.uuid4().hex[:8]
-    settings = load_settings(
-        {}, database_url=pg_url, kafka_bootstrap=broker.bootstrap, api_port=free_port(), api_workers=2,
-        topic_jobs=f"e2e-jobs-{suffix}", topic_updates=f"e2e-updates-{suffix}", topic_dlq=f"e2e-dlq-{suffix}",
-        **{**TEST_SETTINGS, "lease_seconds": 20.0},
-    )
+    """One system for the module (the default sweep and a 20 s lease: no fault here)."""
+    settings = system_settings(pg_url, broker.bootstrap, lease_seconds=20.0, sweep_interval_seconds=5.0)
     ensure_topics(settings)
     running = System(settings, tmp_path_factory.mktemp("e2e-logs")).start()
     try:
-        # Warm-up: one job through the whole pipeline proves every consumer group has joined.
-        job = create(running, name="warm-up", type="noop", delay_seconds=0)
-        wait_for(lambda: get(running, job["id"])["status"] == "SUCCESS", timeout=60, what="warm-up job")
+        warm_up(running)
     except BaseException:
         print(running.logs())
         running.stop()
@@ -53,16 +44,6 @@ def system(pg_url, broker, tmp_path_factory) -> Iterator[System]:
     yield running
     codes = running.stop()
     assert all(code == 0 for code in codes.values()), f"unclean stop {codes}:\n{running.logs()}"
-
-
-def create(system: System, **body: object) -> dict:
-    response = requests.post(f"{system.base_url}/api/jobs", json=body, timeout=10)
-    assert response.status_code == 201, response.text
-    return response.json()
-
-
-def get(system: System, job_id: str) -> dict:
-    return requests.get(f"{system.base_url}/api/jobs/{job_id}", timeout=10).json()
 
 
 def parse(value: str) -> datetime:

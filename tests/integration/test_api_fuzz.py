@@ -34,7 +34,7 @@ from hypothesis import strategies as st
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import response_schema_conformance
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from api import create_app
 from api.schemas import MAX_JSON_DEPTH
@@ -44,6 +44,7 @@ from common.db import session_scope
 from common.jobtypes import enabled_types, load_payload
 from common.models import Job, JobAttempt
 from common.states import JobStatus
+from tests.helpers import add_job, count_jobs
 
 NO_BROKER = "127.0.0.1:1"
 
@@ -90,19 +91,8 @@ def client(app: Flask) -> FlaskClient:
     return app.test_client()
 
 
-def count_jobs(settings: Settings) -> int:
-    with session_scope(settings) as session:
-        return session.scalar(select(func.count()).select_from(Job))
-
-
 def insert_job(settings: Settings, **fields: Any) -> uuid.UUID:
-    now = utcnow()
-    values = dict(id=uuid.uuid4(), name="seed", type="noop", payload={}, execute_at=now + timedelta(hours=1),
-                  timeout_seconds=60.0, created_at=now, updated_at=now)
-    values.update(fields)
-    with session_scope(settings) as session:
-        session.add(Job(**values))
-    return values["id"]
+    return add_job(settings, due_in=3600, **{"name": "seed", "timeout_seconds": 60.0, **fields})
 
 
 def seed_jobs(settings: Settings) -> list[str]:

@@ -12,7 +12,6 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 from kafka import KafkaConsumer
-from sqlalchemy import func, select
 
 import api.create
 from api import create_app
@@ -22,6 +21,7 @@ from common.db import session_scope
 from common.messages import decode_dispatch
 from common.models import Job, JobAttempt
 from common.states import JobStatus
+from tests.helpers import add_job, count_jobs
 
 UNREACHABLE_DB = "postgresql+psycopg2://postgres@127.0.0.1:1/x"
 
@@ -47,19 +47,8 @@ def job_body(**changes: Any) -> dict[str, Any]:
     return {k: v for k, v in body.items() if v is not ...}
 
 
-def count_jobs(settings: Settings) -> int:
-    with session_scope(settings) as session:
-        return session.scalar(select(func.count()).select_from(Job))
-
-
 def insert_job(settings: Settings, **fields: Any) -> uuid.UUID:
-    now = utcnow()
-    values = dict(id=uuid.uuid4(), name="direct", type="noop", payload={}, execute_at=now + timedelta(hours=1),
-                  timeout_seconds=60.0, created_at=now, updated_at=now)
-    values.update(fields)
-    with session_scope(settings) as session:
-        session.add(Job(**values))
-    return values["id"]
+    return add_job(settings, due_in=3600, **{"name": "direct", "timeout_seconds": 60.0, **fields})
 
 
 def assert_error(response: Any, code: int) -> dict[str, Any]:
