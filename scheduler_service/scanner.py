@@ -20,6 +20,8 @@ from common.windows import dispatch_horizon, next_boundary
 
 log = logging.getLogger(__name__)
 
+MAX_RETRY_PAUSE = 5.0  # seconds between scans while the database or broker is failing
+
 
 def next_wake(now: datetime, interval: float, sweep: float, last_sweep: datetime) -> datetime:
     """When the scanner wakes next: the next window boundary, or the next sweep if sooner."""
@@ -87,6 +89,7 @@ class Scanner:
             "scanner started: window %.0fs, sweep every %.0fs, lease %.0fs",
             interval, self.settings.sweep_interval_seconds, self.settings.lease_seconds,
         )
+        last_ok = last_sweep
         while not self.stop.is_set():
             now = self.clock()
             started = time.monotonic()
@@ -94,12 +97,15 @@ class Scanner:
                 result = self.scan(now)
             except (DatabaseUnavailable, BrokerUnavailable) as exc:
                 if isinstance(exc, DatabaseUnavailable) and self._down_since is None:
-                    self._down_since = now
+                    # Nobody could extend a lease since the last scan that reached the database.
+                    self._down_since = last_ok
                     self._grace_until = None
                 log.warning("scan failed: %s; retrying in %.1fs", exc, backoff)
                 self.stop.wait(backoff)
-                backoff = min(backoff * 2, 30.0)
+                # Capped low: a scan is cheap, and jobs wait for the first one that succeeds.
+                backoff = min(backoff * 2, MAX_RETRY_PAUSE)
                 continue
+            last_ok = now
             backoff = 0.5
             if self._down_since is not None and self._grace_until is None:
                 self._grace_until = now + timedelta(seconds=self.settings.lease_seconds)
