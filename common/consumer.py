@@ -70,6 +70,18 @@ class ConsumerLoop:
         self.assigned = threading.Event()  # set once the group gave this member partitions
 
     def run(self) -> None:
+        """Consume until ``stop`` is set. Broker errors are retried inside; anything unexpected
+        closes the consumer uncommitted and starts over after a pause, so a consumer never
+        silently stops consuming."""
+        while not self.stop.is_set():
+            try:
+                self._consume()
+                return
+            except Exception:  # noqa: BLE001 - logged; the loop must outlive it
+                log.exception("the consumer loop of %s failed; restarting it in 2s", self.topic)
+                self.stop.wait(2.0)
+
+    def _consume(self) -> None:
         backoff = 0.5
         consumer = None
         try:

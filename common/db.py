@@ -112,7 +112,3 @@ def ping(settings: Settings) -> None:
     """Raise :class:`DatabaseUnavailable` unless the database answers ``SELECT 1``."""
     with session_scope(settings) as session:
         session.execute(text("SELECT 1"))
-
-
-def is_postgres(settings: Settings) -> bool:
-    return make_url(settings.resolved_database_url).get_backend_name() == "postgresql"

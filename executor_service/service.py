@@ -69,7 +69,7 @@ class Executor:
     def run(self) -> None:
         """Block until ``stop`` is set, then stop cleanly (see :meth:`_shutdown`)."""
         self.scheduler.start()
-        poller = threading.Thread(target=self._poll, name="executor-poll", daemon=True)
+        poller = threading.Thread(target=self.loop.run, name="executor-poll", daemon=True)
         poller.start()
         log.info(
             "executor %s consuming %s (group %s), %d workers",
@@ -134,16 +134,6 @@ class Executor:
             record.topic, record.partition, record.offset, key, self.settings.topic_dlq, reason,
         )
         self.producer.dead_letter(DeadLetter.from_record(record, reason))
-
-    def _poll(self) -> None:
-        # ConsumerLoop survives broker errors itself; this guards against anything else so the
-        # executor never silently stops consuming.
-        while not self.stop.is_set():
-            try:
-                self.loop.run()
-            except Exception:
-                log.exception("the consumer loop failed; restarting it in 2s")
-                self.stop.wait(2.0)
 
     def _heartbeat(self, done: threading.Event) -> None:
         """Every third of a lease, extend the leases of the attempts running here, so that only
