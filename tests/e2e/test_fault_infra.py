@@ -45,6 +45,15 @@ OUTAGE_SECONDS = float(os.environ.get("FAULT_OUTAGE_SECONDS", "9"))
 # --------------------------------------------------------------------------- helpers
 
 
+
+def http_jobs(system: System, receiver: Receiver, prefix: str, n: int, first: datetime, step: timedelta) -> list[dict]:
+    """``n`` http jobs to ``<receiver>/<prefix>/<i>``, the first due at ``first``, then every ``step``."""
+    return [
+        create(system, name=f"{prefix}-{i}", type="http", execute_at=(first + step * i).isoformat(),
+               payload={"url": f"{receiver.url}/{prefix}/{i}"})
+        for i in range(n)
+    ]
+
 def parse(value: str) -> datetime:
     return datetime.fromisoformat(value)
 
@@ -156,11 +165,7 @@ def test_broker_total_loss_recovers_jobs_and_outcomes(
     # (a) jobs dispatched to a broker that then loses everything, with no executor to take them
     system.kill("executor1")
     start = utcnow() + timedelta(seconds=2.5)
-    jobs = [
-        create(system, name=f"loss-{i}", type="http", execute_at=(start + timedelta(milliseconds=75 * i)).isoformat(),
-               payload={"url": f"{receiver.url}/loss/{i}"})
-        for i in range(20)
-    ]
+    jobs = http_jobs(system, receiver, "loss", 20, start, timedelta(milliseconds=75))
     wait_statuses(system, jobs, lambda s: s == "QUEUED", 10, "all 20 dispatched (QUEUED)")
     broker = replace_broker(own_broker, spare_brokers)
     system.restart("executor1")
@@ -176,11 +181,7 @@ def test_broker_total_loss_recovers_jobs_and_outcomes(
 
     # (b) the services reconnected by themselves: new jobs run normally
     soon = utcnow() + timedelta(seconds=1.5)
-    fresh = [
-        create(system, name=f"after-{i}", type="http", execute_at=(soon + timedelta(milliseconds=50 * i)).isoformat(),
-               payload={"url": f"{receiver.url}/after/{i}"})
-        for i in range(5)
-    ]
+    fresh = http_jobs(system, receiver, "after", 5, soon, timedelta(milliseconds=50))
     wait_statuses(system, fresh, lambda s: s == "SUCCESS", 20, "new jobs after the broker restart")
     late_b = lateness_ms(receiver, fresh, "/after/")
     assert len(late_b) == 5 and receiver.double_starts() == {}
@@ -190,11 +191,7 @@ def test_broker_total_loss_recovers_jobs_and_outcomes(
     # (c) outcomes whose messages are lost with the broker are still recorded (write-through)
     system.kill("results")
     soon = utcnow() + timedelta(seconds=1.5)
-    written = [
-        create(system, name=f"through-{i}", type="http", execute_at=(soon + timedelta(milliseconds=50 * i)).isoformat(),
-               payload={"url": f"{receiver.url}/through/{i}"})
-        for i in range(5)
-    ]
+    written = http_jobs(system, receiver, "through", 5, soon, timedelta(milliseconds=50))
     wait_for(lambda: all(calls_to(receiver, f"/through/{i}") for i in range(5)), timeout=15, what="the 5 calls")
     wait_statuses(system, written, lambda s: s == "SUCCESS", 10, "SUCCESS written through by the executor")
     broker = replace_broker(broker, spare_brokers)
@@ -229,12 +226,7 @@ def test_postgres_outage_503s_then_everything_resumes(make_system: Callable[...,
         across = [create(system, name=f"across-{i}", type="sleep", payload={"seconds": 3},
                          execute_at=(t0 + timedelta(seconds=1.5)).isoformat()) for i in range(3)]
         # Due during the outage (some already on the executor, some still SCHEDULED).
-        during = [
-            create(system, name=f"during-{i}", type="http",
-                   execute_at=(t0 + timedelta(seconds=3.5, milliseconds=400 * i)).isoformat(),
-                   payload={"url": f"{receiver.url}/during/{i}"})
-            for i in range(10)
-        ]
+        during = http_jobs(system, receiver, "during", 10, t0 + timedelta(seconds=3.5), timedelta(milliseconds=400))
         wait_statuses(system, across, lambda s: s == "RUNNING", 10, "the sleeps RUNNING")
         outage.begin()
         outage_began = utcnow()
@@ -326,11 +318,7 @@ def test_cancel_races_with_the_fire(make_system: Callable[..., System], receiver
 
     # (b) 30 jobs due at one instant T, each cancelled at T (+-15 ms)
     fire = utcnow() + timedelta(seconds=4)
-    racing = [
-        create(system, name=f"race-{i}", type="http", execute_at=fire.isoformat(),
-               payload={"url": f"{receiver.url}/race/{i}"})
-        for i in range(30)
-    ]
+    racing = http_jobs(system, receiver, "race", 30, fire, timedelta(0))
     wait_statuses(system, racing, lambda s: s == "QUEUED", 6, "all 30 QUEUED before T")
     assert utcnow() < fire - timedelta(milliseconds=300), "too slow to set up the race"
 
