@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from common.config import options_help
-from common.lifecycle import load_or_exit
-from common.logs import setup_logging
+from common.infra.config import options_help
+from common.infra.lifecycle import load_or_exit
+from common.infra.logs import setup_logging
 
 
 def main(argv: list[str] | None = None) -> int:

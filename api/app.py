@@ -6,7 +6,7 @@ from __future__ import annotations
 from flask import Flask, Response, request
 
 import common
-from common.config import Settings, load_settings
+from common.infra.config import Settings, load_settings
 
 from api import health, jobs
 from api.context import EXTENSION, Runtime, runtime

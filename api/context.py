@@ -10,9 +10,9 @@ from datetime import datetime
 
 from flask import current_app, g, has_app_context
 
-from common.clock import utcnow
-from common.config import Settings
-from common.kafka import Producer
+from common.infra.clock import utcnow
+from common.infra.config import Settings
+from common.infra.kafka import Producer
 
 from api.metrics import Metrics
 

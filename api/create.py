@@ -13,13 +13,13 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from common.clock import ensure_aware
-from common.db import session_scope
-from common.dispatch import dispatch_ids
-from common.errors import BrokerUnavailable, DatabaseUnavailable
-from common.models import Job
-from common.states import JobStatus
-from common.windows import needs_direct_dispatch
+from common.infra.clock import ensure_aware
+from common.infra.db import session_scope
+from common.core.dispatch import dispatch_ids
+from common.infra.errors import BrokerUnavailable, DatabaseUnavailable
+from common.core.models import Job
+from common.core.states import JobStatus
+from common.core.windows import needs_direct_dispatch
 
 from api.context import Runtime
 from api.errors import IdempotencyConflict

@@ -11,7 +11,7 @@ from flask import Flask
 from flask_smorest import Api
 from werkzeug.exceptions import HTTPException, default_exceptions
 
-from common.errors import ChronoqError, DatabaseUnavailable, JobNotFound
+from common.infra.errors import ChronoqError, DatabaseUnavailable, JobNotFound
 
 log = logging.getLogger(__name__)
 

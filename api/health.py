@@ -7,7 +7,7 @@ from typing import Any
 from flask import Response
 from flask_smorest import Blueprint
 
-from common.db import ping
+from common.infra.db import ping
 
 from api.context import runtime
 from api.schemas import HealthSchema

@@ -9,10 +9,10 @@ from flask import request, url_for
 from flask.views import MethodView
 from flask_smorest import Blueprint, abort
 
-from common.db import session_scope
-from common.errors import JobNotFound
-from common.store import cancel
-from common.states import JobStatus
+from common.infra.db import session_scope
+from common.infra.errors import JobNotFound
+from common.core.store import cancel
+from common.core.states import JobStatus
 
 from api import queries
 from api.context import request_now, runtime

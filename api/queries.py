@@ -11,9 +11,9 @@ from typing import Any
 from sqlalchemy import func, select, tuple_
 from sqlalchemy.orm import Session
 
-from common.errors import JobNotFound
-from common.models import Job, JobAttempt
-from common.states import JobStatus
+from common.infra.errors import JobNotFound
+from common.core.models import Job, JobAttempt
+from common.core.states import JobStatus
 
 from api.schemas import Cursor
 

@@ -16,10 +16,10 @@ from typing import Any
 
 from marshmallow import Schema, ValidationError, fields, post_load, validate, validates, validates_schema
 
-from common.clock import ensure_aware, isoformat
-from common.config import Settings
-from common.jobtypes import enabled_types, load_payload
-from common.states import JobStatus
+from common.infra.clock import ensure_aware, isoformat
+from common.infra.config import Settings
+from common.core.jobtypes import enabled_types, load_payload
+from common.core.states import JobStatus
 
 from api.context import current_settings, request_now
 

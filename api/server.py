@@ -11,8 +11,8 @@ from flask import Flask
 from gunicorn import glogging
 from gunicorn.app.base import BaseApplication
 
-from common.config import Settings
-from common.db import dispose_engines
+from common.infra.config import Settings
+from common.infra.db import dispose_engines
 
 from api.app import create_app
 from api.context import EXTENSION

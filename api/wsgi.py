@@ -3,8 +3,8 @@ which also sets the worker class, threads and the post-fork engine reset."""
 
 from __future__ import annotations
 
-from common.config import load_settings
-from common.logs import setup_logging
+from common.infra.config import load_settings
+from common.infra.logs import setup_logging
 
 from api.app import create_app
 

@@ -17,15 +17,15 @@ from datetime import timedelta
 
 import sqlalchemy as sa
 
-from common import store
-from common.broker import LocalBroker
-from common.clock import utcnow
-from common.config import load_settings
-from common.db import dispose_engines, get_engine, session_scope
-from common.kafka import ensure_topics
-from common.messages import UpdateMessage
-from common.migrate import upgrade
-from common.models import Job
+from common.core import store
+from common.launch.broker import LocalBroker
+from common.infra.clock import utcnow
+from common.infra.config import load_settings
+from common.infra.db import dispose_engines, get_engine, session_scope
+from common.infra.kafka import ensure_topics
+from common.core.messages import UpdateMessage
+from common.infra.migrate import upgrade
+from common.core.models import Job
 from scheduler_service.scanner import Scanner
 
 ADMIN = "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"

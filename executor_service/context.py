@@ -7,8 +7,8 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-from common.config import Settings
-from common.errors import ChronoqError
+from common.infra.config import Settings
+from common.infra.errors import ChronoqError
 
 
 class PermanentFailure(ChronoqError):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from common.lifecycle import run_service
+from common.infra.lifecycle import run_service
 from executor_service.service import Executor
 
 

@@ -10,16 +10,16 @@ from typing import Any, Callable, TypeVar
 
 from marshmallow import ValidationError
 
-from common import store
-from common.backoff import retries_left, retry_delay
-from common.clock import utcnow
-from common.config import Settings
-from common.db import session_scope
-from common.errors import DatabaseUnavailable, JobTypeError
-from common.jobtypes import load_payload
-from common.kafka import Producer
-from common.messages import DeadLetter, DispatchMessage, UpdateMessage
-from common.states import JobStatus
+from common.core import store
+from common.core.backoff import retries_left, retry_delay
+from common.infra.clock import utcnow
+from common.infra.config import Settings
+from common.infra.db import session_scope
+from common.infra.errors import DatabaseUnavailable, JobTypeError
+from common.core.jobtypes import load_payload
+from common.infra.kafka import Producer
+from common.core.messages import DeadLetter, DispatchMessage, UpdateMessage
+from common.core.states import JobStatus
 
 from executor_service.context import HandlerContext, PermanentFailure
 from executor_service.handlers import resolve

@@ -16,14 +16,14 @@ from apscheduler.jobstores.base import ConflictingIdError, JobLookupError
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.date import DateTrigger
 
-from common import store
-from common.clock import utcnow
-from common.config import Settings
-from common.consumer import ConsumerLoop
-from common.db import session_scope
-from common.errors import DatabaseUnavailable, MessageError
-from common.kafka import Producer
-from common.messages import DeadLetter, DispatchMessage, decode_dispatch
+from common.core import store
+from common.infra.clock import utcnow
+from common.infra.config import Settings
+from common.infra.consumer import ConsumerLoop
+from common.infra.db import session_scope
+from common.infra.errors import DatabaseUnavailable, MessageError
+from common.infra.kafka import Producer
+from common.core.messages import DeadLetter, DispatchMessage, decode_dispatch
 
 from executor_service.runner import Runner
 from executor_service.stats import Counters

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from typing import Any, Callable
 
-from common.errors import JobTimeout
+from common.infra.errors import JobTimeout
 
 from executor_service.context import HandlerContext
 

@@ -12,12 +12,12 @@ import threading
 import time
 from typing import Any
 
-from common import store
-from common.config import Settings
-from common.db import session_scope
-from common.errors import BrokerUnavailable, DatabaseUnavailable
-from common.kafka import Producer
-from common.messages import UpdateMessage, encode_update
+from common.core import store
+from common.infra.config import Settings
+from common.infra.db import session_scope
+from common.infra.errors import BrokerUnavailable, DatabaseUnavailable
+from common.infra.kafka import Producer
+from common.core.messages import UpdateMessage, encode_update
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """The result writer: a consumer-group member on the updates topic that applies each batch in
 one database transaction and commits the offsets only after that transaction committed. A
-replayed or late message changes nothing (``common.store.apply_update`` is idempotent and
+replayed or late message changes nothing (``common.core.store.apply_update`` is idempotent and
 monotonic); a malformed one goes to the dead-letter topic."""
 
 from __future__ import annotations
@@ -10,13 +10,13 @@ import threading
 import time
 from typing import Any, Sequence
 
-from common import store
-from common.config import Settings
-from common.consumer import ConsumerLoop
-from common.db import session_scope
-from common.errors import DatabaseUnavailable, MessageError
-from common.kafka import Producer
-from common.messages import DeadLetter, UpdateMessage, decode_update
+from common.core import store
+from common.infra.config import Settings
+from common.infra.consumer import ConsumerLoop
+from common.infra.db import session_scope
+from common.infra.errors import DatabaseUnavailable, MessageError
+from common.infra.kafka import Producer
+from common.core.messages import DeadLetter, UpdateMessage, decode_update
 
 log = logging.getLogger(__name__)
 

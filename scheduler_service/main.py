@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from common.lifecycle import run_service
+from common.infra.lifecycle import run_service
 from scheduler_service.scanner import Scanner
 
 

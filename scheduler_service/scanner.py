@@ -10,13 +10,13 @@ import time
 from datetime import datetime, timedelta
 from typing import Callable
 
-from common import store
-from common.clock import utcnow
-from common.config import Settings
-from common.dispatch import DispatchResult, dispatch
-from common.errors import BrokerUnavailable, DatabaseUnavailable
-from common.kafka import Producer
-from common.windows import dispatch_horizon, next_boundary
+from common.core import store
+from common.infra.clock import utcnow
+from common.infra.config import Settings
+from common.core.dispatch import DispatchResult, dispatch
+from common.infra.errors import BrokerUnavailable, DatabaseUnavailable
+from common.infra.kafka import Producer
+from common.core.windows import dispatch_horizon, next_boundary
 
 log = logging.getLogger(__name__)
 

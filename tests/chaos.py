@@ -22,9 +22,9 @@ from typing import Any
 import requests
 import sqlalchemy as sa
 
-from common.broker import LocalBroker
-from common.db import session_scope
-from common.models import Job, JobAttempt
+from common.launch.broker import LocalBroker
+from common.infra.db import session_scope
+from common.core.models import Job, JobAttempt
 from tests.processes import System
 from tests.receiver import Receiver
 

@@ -10,10 +10,10 @@ from typing import Iterator
 import pytest
 import sqlalchemy as sa
 
-from common.broker import LocalBroker
-from common.config import PREFIX, Settings, load_settings
-from common.db import dispose_engines, get_engine
-from common.migrate import upgrade
+from common.launch.broker import LocalBroker
+from common.infra.config import PREFIX, Settings, load_settings
+from common.infra.db import dispose_engines, get_engine
+from common.infra.migrate import upgrade
 
 IN_CI = bool(os.environ.get("CI"))
 PG_ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
@@ -91,7 +91,7 @@ def kafka_settings(settings: Settings, broker: LocalBroker) -> Settings:
     sees another's messages) and already created."""
     from dataclasses import replace
 
-    from common.kafka import ensure_topics
+    from common.infra.kafka import ensure_topics
 
     suffix = uuid.uuid4().hex[:8]
     result = replace(

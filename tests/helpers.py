@@ -10,10 +10,10 @@ from typing import Any, Callable
 from kafka import KafkaConsumer, TopicPartition
 from sqlalchemy import func, select
 
-from common.clock import utcnow
-from common.config import Settings
-from common.db import session_scope
-from common.models import Job
+from common.infra.clock import utcnow
+from common.infra.config import Settings
+from common.infra.db import session_scope
+from common.core.models import Job
 
 
 def add_job(settings: Settings, *, due_in: float = 0.0, execute_at: datetime | None = None, **kw: Any) -> uuid.UUID:

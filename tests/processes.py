@@ -12,7 +12,7 @@ from pathlib import Path
 
 import requests
 
-from common.config import PREFIX, Settings
+from common.infra.config import PREFIX, Settings
 
 MODULES = {"api": "api", "scanner": "scheduler_service", "executor": "executor_service", "results": "result_service"}
 

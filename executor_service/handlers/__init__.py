@@ -7,9 +7,9 @@ import importlib
 import threading
 from typing import Any, Callable
 
-from common.config import Settings
-from common.errors import JobTypeError
-from common.jobtypes import user_handlers
+from common.infra.config import Settings
+from common.infra.errors import JobTypeError
+from common.core.jobtypes import user_handlers
 
 from executor_service.context import HandlerContext
 from executor_service.handlers import builtin, http, shell

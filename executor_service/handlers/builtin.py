@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from common.errors import ChronoqError, JobTimeout
+from common.infra.errors import ChronoqError, JobTimeout
 
 from executor_service.context import HandlerContext
 

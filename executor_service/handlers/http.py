@@ -8,8 +8,8 @@ from urllib.parse import urlsplit
 
 import requests
 
-from common.errors import ChronoqError, JobTimeout
-from common.jobtypes import host_allowed
+from common.infra.errors import ChronoqError, JobTimeout
+from common.core.jobtypes import host_allowed
 
 from executor_service.context import HandlerContext, PermanentFailure
 

@@ -6,7 +6,7 @@ import os
 import subprocess
 from typing import Any
 
-from common.errors import ChronoqError, JobTimeout
+from common.infra.errors import ChronoqError, JobTimeout
 
 from executor_service.context import HandlerContext
 

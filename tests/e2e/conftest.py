@@ -9,9 +9,9 @@ from typing import Any, Callable, Iterator
 import pytest
 import requests
 
-from common.broker import LocalBroker, free_port
-from common.config import Settings, load_settings
-from common.kafka import ensure_topics
+from common.launch.broker import LocalBroker, free_port
+from common.infra.config import Settings, load_settings
+from common.infra.kafka import ensure_topics
 from tests.conftest import TEST_SETTINGS
 from tests.helpers import wait_for
 from tests.processes import System

@@ -21,9 +21,9 @@ import sqlalchemy as sa
 from kafka import KafkaProducer
 from sqlalchemy.engine import make_url
 
-from common.broker import LocalBroker
-from common.clock import utcnow
-from common.messages import (
+from common.launch.broker import LocalBroker
+from common.infra.clock import utcnow
+from common.core.messages import (
     DispatchMessage,
     UpdateMessage,
     encode_dispatch,

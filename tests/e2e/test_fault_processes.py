@@ -22,12 +22,12 @@ import pytest
 from kafka import KafkaConsumer, TopicPartition
 from sqlalchemy import select
 
-from common.clock import utcnow
-from common.config import Settings
-from common.db import session_scope
-from common.messages import decode_dispatch
-from common.models import Job, JobAttempt
-from common.windows import needs_direct_dispatch
+from common.infra.clock import utcnow
+from common.infra.config import Settings
+from common.infra.db import session_scope
+from common.core.messages import decode_dispatch
+from common.core.models import Job, JobAttempt
+from common.core.windows import needs_direct_dispatch
 from tests.e2e.conftest import attempts, create, job
 from tests.helpers import read_topic, wait_for
 from tests.processes import System

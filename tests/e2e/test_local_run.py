@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from common.broker import free_port
+from common.launch.broker import free_port
 from tests.helpers import wait_for
 
 pytestmark = pytest.mark.e2e
@@ -25,7 +25,7 @@ def test_chronoq_up_runs_a_job_and_stops_cleanly(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CHRONOQ_")}
     env["PYTHONUNBUFFERED"] = "1"
     process = subprocess.Popen(
-        [sys.executable, "-m", "common.cli", "up", "--port", str(port), "--home", str(tmp_path / "state")],
+        [sys.executable, "-m", "common.launch.cli", "up", "--port", str(port), "--home", str(tmp_path / "state")],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     lines: list[str] = []

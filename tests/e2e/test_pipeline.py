@@ -11,8 +11,8 @@ from typing import Iterator
 import pytest
 import requests
 
-from common.clock import utcnow
-from common.kafka import ensure_topics
+from common.infra.clock import utcnow
+from common.infra.kafka import ensure_topics
 from tests.e2e.conftest import create, system_settings, warm_up
 from tests.e2e.conftest import job as get
 from tests.helpers import wait_for

@@ -38,12 +38,12 @@ from sqlalchemy import select
 
 from api import create_app
 from api.schemas import MAX_JSON_DEPTH
-from common.clock import utcnow
-from common.config import Settings
-from common.db import session_scope
-from common.jobtypes import enabled_types, load_payload
-from common.models import Job, JobAttempt
-from common.states import JobStatus
+from common.infra.clock import utcnow
+from common.infra.config import Settings
+from common.infra.db import session_scope
+from common.core.jobtypes import enabled_types, load_payload
+from common.core.models import Job, JobAttempt
+from common.core.states import JobStatus
 from tests.helpers import add_job, count_jobs
 
 NO_BROKER = "127.0.0.1:1"

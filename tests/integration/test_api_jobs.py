@@ -15,12 +15,12 @@ from kafka import KafkaConsumer
 
 import api.create
 from api import create_app
-from common.clock import utcnow
-from common.config import Settings
-from common.db import session_scope
-from common.messages import decode_dispatch
-from common.models import Job, JobAttempt
-from common.states import JobStatus
+from common.infra.clock import utcnow
+from common.infra.config import Settings
+from common.infra.db import session_scope
+from common.core.messages import decode_dispatch
+from common.core.models import Job, JobAttempt
+from common.core.states import JobStatus
 from tests.helpers import add_job, count_jobs
 
 UNREACHABLE_DB = "postgresql+psycopg2://postgres@127.0.0.1:1/x"

@@ -14,13 +14,13 @@ from typing import Any, Callable, Iterator
 import pytest
 from kafka import KafkaConsumer, KafkaProducer
 
-from common import store
-from common.clock import utcnow
-from common.config import Settings
-from common.db import session_scope
-from common.kafka import Producer
-from common.messages import DispatchMessage, UpdateMessage, decode_update, encode_dispatch
-from common.models import JobAttempt, Job
+from common.core import store
+from common.infra.clock import utcnow
+from common.infra.config import Settings
+from common.infra.db import session_scope
+from common.infra.kafka import Producer
+from common.core.messages import DispatchMessage, UpdateMessage, decode_update, encode_dispatch
+from common.core.models import JobAttempt, Job
 from executor_service.service import Executor
 
 log = logging.getLogger(__name__)

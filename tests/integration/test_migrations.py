@@ -8,10 +8,10 @@ import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
-from common.config import load_settings
-from common.db import build_engine, get_engine
-from common.migrate import upgrade
-from common.models import Base
+from common.infra.config import load_settings
+from common.infra.db import build_engine, get_engine
+from common.infra.migrate import upgrade
+from common.core.models import Base
 
 
 def _differences(engine: sa.Engine) -> list:

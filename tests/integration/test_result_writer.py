@@ -8,12 +8,12 @@ from datetime import timedelta
 
 import pytest
 
-from common import store
-from common.clock import utcnow
-from common.db import session_scope
-from common.kafka import Producer
-from common.messages import UpdateMessage, encode_update
-from common.models import JobAttempt
+from common.core import store
+from common.infra.clock import utcnow
+from common.infra.db import session_scope
+from common.infra.kafka import Producer
+from common.core.messages import UpdateMessage, encode_update
+from common.core.models import JobAttempt
 from result_service.writer import ResultWriter
 from tests.helpers import add_job, get_job, read_topic, wait_for
 

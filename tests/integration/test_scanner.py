@@ -5,9 +5,9 @@ from __future__ import annotations
 import threading
 from datetime import timedelta
 
-from common.clock import utcnow
-from common.kafka import Producer
-from common.messages import decode_dispatch
+from common.infra.clock import utcnow
+from common.infra.kafka import Producer
+from common.core.messages import decode_dispatch
 from scheduler_service.scanner import Scanner
 from tests.helpers import add_job, get_job, read_topic, wait_for
 
@@ -86,7 +86,7 @@ def test_producer_fails_fast_while_the_broker_is_known_to_be_down(settings):
 
     import pytest
 
-    from common.errors import BrokerUnavailable
+    from common.infra.errors import BrokerUnavailable
 
     producer = Producer(replace(settings, kafka_bootstrap="127.0.0.1:1"))
     with pytest.raises(BrokerUnavailable):

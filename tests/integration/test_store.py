@@ -6,11 +6,11 @@ import threading
 import uuid
 from datetime import timedelta
 
-from common import store
-from common.clock import utcnow
-from common.db import session_scope
-from common.messages import UpdateMessage
-from common.models import JobAttempt
+from common.core import store
+from common.infra.clock import utcnow
+from common.infra.db import session_scope
+from common.core.messages import UpdateMessage
+from common.core.models import JobAttempt
 from tests.helpers import add_job, get_job
 
 
@@ -140,8 +140,8 @@ def test_scanner_queries_use_their_partial_indexes(settings):
     """The scanner must not read the whole table to find one minute of work."""
     import sqlalchemy as sa
 
-    from common.db import get_engine
-    from common.models import Job
+    from common.infra.db import get_engine
+    from common.core.models import Job
 
     now = utcnow()
     rows = [dict(id=uuid.uuid4(), name="n", type="noop", payload={}, meta={},

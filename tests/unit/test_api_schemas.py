@@ -10,7 +10,7 @@ from freezegun import freeze_time
 from marshmallow import ValidationError
 
 from api.schemas import Cursor, JobCreateSchema, JobQuerySchema
-from common.config import load_settings
+from common.infra.config import load_settings
 
 NOW = datetime(2030, 1, 1, 12, 0, 0, tzinfo=timezone.utc)
 

@@ -6,8 +6,8 @@ import pytest
 
 from api.__main__ import main
 from api.server import ApiServer
-from common.config import load_settings
-from common.lifecycle import EXIT_CONFIG
+from common.infra.config import load_settings
+from common.infra.lifecycle import EXIT_CONFIG
 
 
 def test_a_bad_setting_exits_2_naming_the_variable(

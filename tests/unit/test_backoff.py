@@ -2,7 +2,7 @@ import random
 
 import pytest
 
-from common.backoff import retries_left, retry_delay
+from common.core.backoff import retries_left, retry_delay
 
 
 def test_exponential_without_jitter():

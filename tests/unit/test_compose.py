@@ -18,7 +18,7 @@ try:  # PyYAML is not one of the [test] extras; without it the parsing checks ar
 except ImportError:  # pragma: no cover
     yaml = None
 
-from common.config import options
+from common.infra.config import options
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
@@ -149,7 +149,7 @@ def test_every_chronoq_variable_is_a_setting() -> None:
     compose_only = {"CHRONOQ_IMAGE", "CHRONOQ_API_PUBLISH"}
     assert used, "the compose file sets no CHRONOQ_* variable"
     unknown = used - known - compose_only
-    assert not unknown, f"not settings in common/config.py: {sorted(unknown)}"
+    assert not unknown, f"not settings in common/infra/config.py: {sorted(unknown)}"
 
 
 def test_container_environment_holds_only_settings(raw: dict) -> None:
@@ -190,17 +190,17 @@ def test_console_script_is_declared() -> None:
     cfg = configparser.ConfigParser()
     cfg.read(ROOT / "setup.cfg")
     scripts = cfg["options.entry_points"]["console_scripts"]
-    assert re.search(r"^\s*chronoq\s*=\s*common\.cli:main\s*$", scripts, re.M)
+    assert re.search(r"^\s*chronoq\s*=\s*common\.launch\.cli:main\s*$", scripts, re.M)
 
 
 def test_migrations_ship_in_the_package() -> None:
     """`chronoq migrate` in the image runs from the installed wheel, not from a checkout: every
-    file Alembic needs under common/migrations must be matched by setup.cfg's package_data."""
+    file Alembic needs under common/infra/migrations must be matched by setup.cfg's package_data."""
     cfg = configparser.ConfigParser()
     cfg.read(ROOT / "setup.cfg")
-    patterns = cfg["options.package_data"]["common"].replace("\n", ",").split(",")
+    patterns = cfg["options.package_data"]["common.infra"].replace("\n", ",").split(",")
     patterns = [p.strip() for p in patterns if p.strip()]
-    common = ROOT / "common"
+    common = ROOT / "common" / "infra"
     shipped = {path for pattern in patterns for path in common.glob(pattern)}  # no `**`: like setuptools
     missing = [
         str(path.relative_to(common))

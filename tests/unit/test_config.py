@@ -1,7 +1,7 @@
 import pytest
 
-from common.config import load_settings, options
-from common.errors import ConfigError
+from common.infra.config import load_settings, options
+from common.infra.errors import ConfigError
 
 
 def test_defaults_need_no_environment():

@@ -14,8 +14,8 @@ from typing import Any, Iterator
 
 import pytest
 
-from common.config import Settings, load_settings
-from common.errors import JobTimeout, JobTypeError
+from common.infra.config import Settings, load_settings
+from common.infra.errors import JobTimeout, JobTypeError
 from executor_service.context import HandlerContext, PermanentFailure
 from executor_service.handlers import builtin, http, resolve, shell
 from executor_service.timeouts import run_with_deadline
@@ -38,7 +38,7 @@ def make_context(settings: Settings, timeout: float = 5.0) -> HandlerContext:
 
 def run(job_type: str, payload: dict[str, Any], settings: Settings, timeout: float = 5.0) -> Any:
     """What the runner does: resolve, validate the payload, run within the deadline."""
-    from common.jobtypes import load_payload
+    from common.core.jobtypes import load_payload
 
     handler = resolve(job_type, settings)
     context = make_context(settings, timeout)
@@ -114,7 +114,7 @@ def test_http_unexpected_status_fails_unless_expected(server: str, settings: Set
 
 
 def test_http_network_error_fails_the_attempt(settings: Settings) -> None:
-    from common.broker import free_port
+    from common.launch.broker import free_port
 
     with pytest.raises(http.HttpFailed, match="ConnectionError"):
         run("http", {"url": f"http://127.0.0.1:{free_port()}/"}, settings)

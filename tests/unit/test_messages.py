@@ -4,8 +4,8 @@ from datetime import datetime, timezone
 
 import pytest
 
-from common.errors import MessageError
-from common.messages import (
+from common.infra.errors import MessageError
+from common.core.messages import (
     DeadLetter,
     DispatchMessage,
     UpdateMessage,

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from common.config import options
+from common.infra.config import options
 
 README = (Path(__file__).parents[2] / "README.md").read_text()
 

@@ -1,7 +1,7 @@
 import pytest
 
-from common.states import JobStatus as S
-from common.states import is_terminal, progress_key, should_apply
+from common.core.states import JobStatus as S
+from common.core.states import is_terminal, progress_key, should_apply
 
 
 def apply(cur, tok, att, upd, utok, uatt):

@@ -2,8 +2,8 @@ from datetime import datetime, timedelta, timezone
 
 from freezegun import freeze_time
 
-from common.clock import utcnow
-from common.windows import dispatch_horizon, needs_direct_dispatch, next_boundary, window_start
+from common.infra.clock import utcnow
+from common.core.windows import dispatch_horizon, needs_direct_dispatch, next_boundary, window_start
 from scheduler_service.scanner import next_wake
 
 UTC = timezone.utc

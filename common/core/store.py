@@ -16,10 +16,10 @@ from datetime import datetime, timedelta
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from common.clock import ensure_aware
-from common.messages import DispatchMessage, UpdateMessage
-from common.models import Job, JobAttempt
-from common.states import CANCELLABLE, TERMINAL, JobStatus, should_apply
+from common.infra.clock import ensure_aware
+from common.core.messages import DispatchMessage, UpdateMessage
+from common.core.models import Job, JobAttempt
+from common.core.states import CANCELLABLE, TERMINAL, JobStatus, should_apply
 
 log = logging.getLogger(__name__)
 

@@ -13,8 +13,8 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from common.config import Settings
-from common.errors import DatabaseUnavailable
+from common.infra.config import Settings
+from common.infra.errors import DatabaseUnavailable
 
 _lock = threading.Lock()
 _engines: dict[str, Engine] = {}

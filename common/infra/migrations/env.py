@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from alembic import context
 
-from common.config import load_settings
-from common.db import build_engine
-from common.models import Base
+from common.infra.config import load_settings
+from common.infra.db import build_engine
+from common.core.models import Base
 
 config = context.config
 target_metadata = Base.metadata

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from typing import Callable, Iterator, Protocol
 
 if TYPE_CHECKING:
-    from common.config import Settings
+    from common.infra.config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +54,8 @@ def load_or_exit(name: str) -> "Settings":
     """Settings from the environment; a bad one exits with code 2 and a line naming it."""
     import sys
 
-    from common.config import load_settings
-    from common.errors import ConfigError
+    from common.infra.config import load_settings
+    from common.infra.errors import ConfigError
 
     try:
         return load_settings()
@@ -67,7 +67,7 @@ def load_or_exit(name: str) -> "Settings":
 def run_service(name: str, build: Callable[["Settings", threading.Event], Service]) -> int:
     """The body of every ``python -m <service>``: load settings, set up logging, build the
     service and run it until SIGTERM/SIGINT."""
-    from common.logs import setup_logging
+    from common.infra.logs import setup_logging
 
     settings = load_or_exit(name)
     setup_logging(settings.log_level, name)

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import IO
 
-from common.errors import BrokerUnavailable, ConfigError
+from common.infra.errors import BrokerUnavailable, ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -15,11 +15,11 @@ from dataclasses import replace
 from pathlib import Path
 from typing import IO
 
-from common.broker import LocalBroker
-from common.config import Settings
-from common.kafka import ensure_topics
-from common.lifecycle import EXIT_OK, on_stop
-from common.migrate import upgrade
+from common.launch.broker import LocalBroker
+from common.infra.config import Settings
+from common.infra.kafka import ensure_topics
+from common.infra.lifecycle import EXIT_OK, on_stop
+from common.infra.migrate import upgrade
 
 log = logging.getLogger("chronoq.up")
 

@@ -12,9 +12,9 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError, UnknownProducerIdError
 
-from common.config import Settings
-from common.errors import BrokerUnavailable
-from common.messages import DeadLetter
+from common.infra.config import Settings
+from common.infra.errors import BrokerUnavailable
+from common.core.messages import DeadLetter
 
 log = logging.getLogger(__name__)
 

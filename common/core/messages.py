@@ -13,9 +13,9 @@ from typing import Any
 
 from marshmallow import Schema, ValidationError, fields, validate
 
-from common.clock import ensure_aware, isoformat
-from common.errors import MessageError
-from common.states import REPORTABLE
+from common.infra.clock import ensure_aware, isoformat
+from common.infra.errors import MessageError
+from common.core.states import REPORTABLE
 
 VERSION = 1
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from common.errors import ConfigError
+from common.infra.errors import ConfigError
 
 PREFIX = "CHRONOQ_"
 

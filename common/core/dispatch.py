@@ -12,11 +12,11 @@ from typing import Callable
 
 from sqlalchemy.orm import Session
 
-from common import store
-from common.config import Settings
-from common.db import session_scope
-from common.kafka import Producer
-from common.messages import DeadLetter, encode_dispatch
+from common.core import store
+from common.infra.config import Settings
+from common.infra.db import session_scope
+from common.infra.kafka import Producer
+from common.core.messages import DeadLetter, encode_dispatch
 
 log = logging.getLogger(__name__)
 

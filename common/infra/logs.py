@@ -8,7 +8,7 @@ import time
 
 
 def setup_logging(level: str = "INFO", service: str = "chronoq") -> None:
-    """Log to stderr as ``2026-11-22T14:03:07.250Z INFO scanner common.store: …``."""
+    """Log to stderr as ``2026-11-22T14:03:07.250Z INFO scanner common.core.store: …``."""
     formatter = logging.Formatter(
         fmt=f"%(asctime)s.%(msecs)03dZ %(levelname)s {service} %(name)s: %(message)s",
         datefmt="%Y-%m-%dT%H:%M:%S",

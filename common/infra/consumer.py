@@ -9,9 +9,9 @@ import threading
 import time
 from typing import Any, Callable, Sequence
 
-from common.config import Settings
-from common.errors import BrokerUnavailable
-from common.kafka import BrokerError, ensure_topics, make_consumer
+from common.infra.config import Settings
+from common.infra.errors import BrokerUnavailable
+from common.infra.kafka import BrokerError, ensure_topics, make_consumer
 
 log = logging.getLogger(__name__)
 

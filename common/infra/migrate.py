@@ -8,7 +8,7 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 
-from common.config import Settings
+from common.infra.config import Settings
 
 log = logging.getLogger(__name__)
 

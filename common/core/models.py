@@ -1,4 +1,4 @@
-"""The database schema: jobs and their attempt history. Migrations in ``common/migrations``
+"""The database schema: jobs and their attempt history. Migrations in ``common/infra/migrations``
 create exactly this; a test compares the two."""
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-from common.clock import utcnow
+from common.infra.clock import utcnow
 
 NAMING = {
     "ix": "ix_%(column_0_label)s",

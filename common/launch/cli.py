@@ -9,10 +9,10 @@ import logging
 import os
 import sys
 
-from common.config import options, options_help
-from common.errors import ChronoqError
-from common.lifecycle import EXIT_OK, EXIT_UNAVAILABLE, load_or_exit
-from common.logs import setup_logging
+from common.infra.config import options, options_help
+from common.infra.errors import ChronoqError
+from common.infra.lifecycle import EXIT_OK, EXIT_UNAVAILABLE, load_or_exit
+from common.infra.logs import setup_logging
 
 SERVICES = {
     "api": ("api", "the HTTP API under gunicorn"),
@@ -52,15 +52,15 @@ def main(argv: list[str] | None = None) -> int:
     log = logging.getLogger("chronoq")
     try:
         if args.command == "up":
-            from common.localrun import run_local
+            from common.launch.localrun import run_local
 
             return run_local(settings, port=args.port, home=args.home, executors=args.executors)
         if args.command == "migrate":
-            from common.migrate import upgrade
+            from common.infra.migrate import upgrade
 
             upgrade(settings)
         elif args.command == "topics":
-            from common.kafka import ensure_topics
+            from common.infra.kafka import ensure_topics
 
             ensure_topics(settings)
             log.info("topics ready: %s", ", ".join(settings.topics))
