@@ -16,6 +16,7 @@ from common.infra.clock import utcnow
 from common.infra.config import Settings
 from common.infra.db import session_scope
 from common.infra.errors import DatabaseUnavailable, JobTypeError
+from common.infra.retry import FIRE_PATH, GaveUp, retry
 from common.core.jobtypes import load_payload
 from common.infra.kafka import Producer
 from common.core.messages import DeadLetter, DispatchMessage, UpdateMessage
@@ -190,22 +191,20 @@ class Runner:
         database is unavailable for up to half a lease (the job then still fires, late, when
         the database is back); None once it gave up (the scanner's lease then re-dispatches
         the job)."""
-        give_up = time.monotonic() + self.settings.lease_seconds / 2
-        pause = 0.1
-        while True:
-            try:
-                with session_scope(self.settings) as session:
-                    return statement(session)
-            except DatabaseUnavailable as exc:
-                if time.monotonic() + pause > give_up:
-                    log.warning(
-                        "job %s attempt %d: cannot %s it, database unavailable (%s); giving up, the "
-                        "scanner re-dispatches it when its lease runs out",
-                        message.job_id, message.attempt, what, exc,
-                    )
-                    return None
-                time.sleep(pause)
-                pause = min(pause * 2, 2.0)
+        def run() -> T:
+            with session_scope(self.settings) as session:
+                return statement(session)
+
+        try:
+            return retry(
+                run, on=DatabaseUnavailable, backoff=FIRE_PATH, give_up_after=self.settings.lease_seconds / 2,
+                what=f"job {message.job_id} attempt {message.attempt}: {what}", logger=log,
+            )
+        except GaveUp as exc:
+            log.warning(
+                "%s; the scanner re-dispatches the job when its lease runs out", exc,
+            )
+            return None
 
     def _update(self, message: DispatchMessage, status: JobStatus, *, at: datetime, **fields: Any) -> UpdateMessage:
         return UpdateMessage(

@@ -9,7 +9,6 @@ import logging
 import threading
 import time
 from datetime import timezone
-from typing import Any, Sequence
 
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.jobstores.base import ConflictingIdError, JobLookupError
@@ -21,16 +20,16 @@ from common.infra.clock import utcnow
 from common.infra.config import Settings
 from common.infra.consumer import ConsumerLoop
 from common.infra.db import session_scope
-from common.infra.errors import DatabaseUnavailable, MessageError
+from common.infra.errors import DatabaseUnavailable
+from common.infra.health import HealthCheck, consumers_check
 from common.infra.kafka import Producer
-from common.core.messages import DeadLetter, DispatchMessage, decode_dispatch
+from common.core.messages import DispatchMessage, decode_dispatch
 
 from executor_service.runner import Runner
 from executor_service.stats import Counters
 
 log = logging.getLogger(__name__)
 
-GROUP_ID = "chronoq-executors"
 STATUS_EVERY = 60.0     # seconds between status lines when nothing changes
 STATUS_MIN_GAP = 5.0    # at most one status line this often, however busy
 
@@ -51,9 +50,11 @@ class Executor:
         self.loop = ConsumerLoop(
             settings,
             topic=settings.topic_jobs,
-            group_id=GROUP_ID,
+            group_id=settings.executor_group,
+            decode=decode_dispatch,
             handle=self._handle,
             stop=stop,
+            producer=self.producer,
             client_id=f"chronoq-executor-{settings.resolved_executor_id}",
         )
         # Taken while adding a job and while closing, so that no job slips into the scheduler
@@ -73,7 +74,8 @@ class Executor:
         poller.start()
         log.info(
             "executor %s consuming %s (group %s), %d workers",
-            self.settings.resolved_executor_id, self.settings.topic_jobs, GROUP_ID, self.settings.executor_workers,
+            self.settings.resolved_executor_id, self.settings.topic_jobs, self.settings.executor_group,
+            self.settings.executor_workers,
         )
         beating = threading.Event()
         heart = threading.Thread(target=self._heartbeat, args=(beating,), name="executor-heartbeat", daemon=True)
@@ -111,29 +113,15 @@ class Executor:
         self.counters.add("scheduled")
         return True
 
-    def _handle(self, records: Sequence[Any]) -> bool:
-        """ConsumerLoop's handler: every record is scheduled or dead-lettered; never raises, so
-        a bad message cannot stop the loop or block its partition."""
-        for record in records:
-            try:
-                message = decode_dispatch(record.value, self.settings.max_message_bytes)
-            except MessageError as exc:
-                self._dead_letter(record, str(exc))
-                continue
-            try:
-                self.schedule(message)
-            except Exception as exc:  # the scheduler refused it; recorded, and the lease recovers the job
-                log.exception("job %s: could not schedule dispatch %s", message.job_id, message.token)
-                self._dead_letter(record, f"could not schedule: {exc}")
-        return True
+    def _handle(self, messages: list[DispatchMessage]) -> bool:
+        """ConsumerLoop's handler: put each dispatch into the scheduler (idempotent, so a batch
+        handled again after one of its records failed schedules nothing twice)."""
+        taken = [self.schedule(message) for message in messages]
+        return all(taken)
 
-    def _dead_letter(self, record: Any, reason: str) -> None:
-        key = record.key.decode(errors="replace") if record.key is not None else None
-        log.warning(
-            "malformed message at %s[%d]@%d (key %s) sent to %s: %s",
-            record.topic, record.partition, record.offset, key, self.settings.topic_dlq, reason,
-        )
-        self.producer.dead_letter(DeadLetter.from_record(record, reason))
+    @property
+    def health(self) -> HealthCheck:
+        return consumers_check(self.loop.health)
 
     def _heartbeat(self, done: threading.Event) -> None:
         """Every third of a lease, extend the leases of the attempts running here, so that only

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import threading
-import time
 from typing import Any
 
 from common.core import store
@@ -17,6 +16,7 @@ from common.infra.config import Settings
 from common.infra.db import session_scope
 from common.infra.errors import BrokerUnavailable, DatabaseUnavailable
 from common.infra.kafka import Producer
+from common.infra.retry import PUBLISH, GaveUp, retry
 from common.core.messages import UpdateMessage, encode_update
 
 log = logging.getLogger(__name__)
@@ -105,21 +105,13 @@ class Updates:
 
     def _publish(self, update: UpdateMessage) -> bool:
         value = encode_update(update)
-        for attempt in range(1, PUBLISH_TRIES + 1):
-            try:
-                self.producer.send_and_wait(self.settings.topic_updates, update.key, value)
-                return True
-            except BrokerUnavailable as exc:
-                if attempt == PUBLISH_TRIES:
-                    log.error(
-                        "job %s: %s update of attempt %d not published after %d tries (%s)",
-                        update.job_id, update.status, update.attempt, PUBLISH_TRIES, exc,
-                    )
-                    return False
-                delay = 0.5 * 2 ** (attempt - 1)
-                log.warning(
-                    "job %s: %s update not published (%s); trying again in %.1fs",
-                    update.job_id, update.status, exc, delay,
-                )
-                time.sleep(delay)
-        return False
+        try:
+            retry(
+                lambda: self.producer.send_and_wait(self.settings.topic_updates, update.key, value),
+                on=BrokerUnavailable, backoff=PUBLISH, tries=PUBLISH_TRIES, logger=log,
+                what=f"job {update.job_id}: publish of the {update.status} update of attempt {update.attempt}",
+            )
+            return True
+        except GaveUp as exc:
+            log.error("%s", exc)
+            return False

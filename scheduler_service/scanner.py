@@ -8,20 +8,19 @@ import logging
 import threading
 import time
 from datetime import datetime, timedelta
-from typing import Callable
+from typing import Any, Callable
 
 from common.core import store
 from common.infra.clock import utcnow
 from common.infra.config import Settings
 from common.core.dispatch import DispatchResult, dispatch
 from common.infra.errors import BrokerUnavailable, DatabaseUnavailable
+from common.infra.health import HealthCheck
 from common.infra.kafka import Producer
+from common.infra.retry import LOOP, Pacer
 from common.core.windows import dispatch_horizon, next_boundary
 
 log = logging.getLogger(__name__)
-
-MAX_RETRY_PAUSE = 5.0  # seconds between scans while the database or broker is failing
-
 
 def next_wake(now: datetime, interval: float, sweep: float, last_sweep: datetime) -> datetime:
     """When the scanner wakes next: the next window boundary, or the next sweep if sooner."""
@@ -47,6 +46,18 @@ class Scanner:
         #: after ``_down_since`` count only once a full lease has passed since it came back.
         self._down_since: datetime | None = None
         self._grace_until: datetime | None = None
+        self._last_ok = clock()
+
+    @property
+    def health(self) -> HealthCheck:
+        """Healthy while scans succeed (unhealthy once none has for three sweeps or 30 s)."""
+
+        def check() -> tuple[bool, dict[str, Any]]:
+            silent = (self.clock() - self._last_ok).total_seconds()
+            bound = max(3 * self.settings.sweep_interval_seconds, 30.0)
+            return silent <= bound, {"last_scan_ok_seconds_ago": round(silent, 1), "dispatched": self.totals.published}
+
+        return check
 
     def scan(self, now: datetime) -> DispatchResult:
         """Claim and publish, batch after batch, every job due before the horizon of ``now``
@@ -83,7 +94,8 @@ class Scanner:
         """Scan at once (overdue jobs run as soon as chronoq is back), then at every window
         boundary and sweep, until ``stop`` is set."""
         interval = self.settings.scan_interval_seconds
-        backoff = 0.5
+        # Capped low (retry.LOOP): a scan is cheap, and jobs wait for the first one that succeeds.
+        pacer = Pacer(LOOP, self.stop, log)
         last_sweep = self.clock()
         log.info(
             "scanner started: window %.0fs, sweep every %.0fs, lease %.0fs",
@@ -100,13 +112,10 @@ class Scanner:
                     # Nobody could extend a lease since the last scan that reached the database.
                     self._down_since = last_ok
                     self._grace_until = None
-                log.warning("scan failed: %s; retrying in %.1fs", exc, backoff)
-                self.stop.wait(backoff)
-                # Capped low: a scan is cheap, and jobs wait for the first one that succeeds.
-                backoff = min(backoff * 2, MAX_RETRY_PAUSE)
+                pacer.failed(f"scan failed: {exc}")
                 continue
-            last_ok = now
-            backoff = 0.5
+            last_ok = self._last_ok = now
+            pacer.succeeded()
             if self._down_since is not None and self._grace_until is None:
                 self._grace_until = now + timedelta(seconds=self.settings.lease_seconds)
                 log.info("database back: leases that ran out since %s count from %s",

@@ -87,8 +87,8 @@ def settings(pg_url: str) -> Iterator[Settings]:
 
 @pytest.fixture
 def kafka_settings(settings: Settings, broker: LocalBroker) -> Settings:
-    """Settings on the test database and broker, with topics unique to this test (so no test
-    sees another's messages) and already created."""
+    """Settings on the test database and broker, with topics and consumer groups unique to this
+    test (so nothing one test does to the broker reaches another), the topics already created."""
     from dataclasses import replace
 
     from common.infra.kafka import ensure_topics
@@ -100,6 +100,7 @@ def kafka_settings(settings: Settings, broker: LocalBroker) -> Settings:
         topic_jobs=f"jobs-{suffix}",
         topic_updates=f"updates-{suffix}",
         topic_dlq=f"dlq-{suffix}",
+        group_prefix=f"test-{suffix}",
     )
     ensure_topics(result)
     return result

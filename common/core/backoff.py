@@ -1,8 +1,11 @@
-"""Retry backoff as a pure function: exponential, capped, with optional jitter."""
+"""A job's retry decisions as pure functions: whether another attempt follows, and after how
+long (the same capped exponential formula, with jitter, as every other retry in chronoq)."""
 
 from __future__ import annotations
 
 import random
+
+from common.infra.retry import exponential_delay
 
 
 def retry_delay(
@@ -17,10 +20,7 @@ def retry_delay(
     ``base * 2**(attempt-1)``, capped at ``cap``, plus up to ``jitter`` of itself at random."""
     if attempt < 1:
         raise ValueError("attempt is 1-based")
-    delay = min(cap, base * (2 ** (attempt - 1)))
-    if jitter:
-        delay += delay * jitter * (rng or random).random()
-    return min(delay, cap * (1 + jitter))
+    return exponential_delay(attempt, base=base, cap=cap, jitter=jitter, rng=rng)
 
 
 def retries_left(attempt: int, max_retries: int) -> bool:

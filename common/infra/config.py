@@ -38,6 +38,21 @@ def _positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
     return parse
 
 
+def _port(raw: str) -> int:
+    value = int(raw)
+    if not 0 <= value <= 65535:
+        raise ValueError(f"must be a port number 0-65535, got {raw!r}")
+    return value
+
+
+def _name(raw: str) -> str:
+    """A Kafka group-name part: letters, digits, '.', '_' and '-'."""
+    value = raw.strip()
+    if not value or not all(c.isalnum() or c in "._-" for c in value):
+        raise ValueError(f"use letters, digits, '.', '_' or '-', got {raw!r}")
+    return value
+
+
 def _opt(env: str, default: Any, parse: Callable[[str], Any], help: str) -> Any:
     return field(default=default, metadata={"env": PREFIX + env, "parse": parse, "help": help})
 
@@ -59,6 +74,16 @@ class Settings:
     )
     topic_dlq: str = _opt("TOPIC_DLQ", "scheduled-jobs-dlq", str, "Dead-letter topic.")
     topic_partitions: int = _opt("TOPIC_PARTITIONS", 6, _positive(int), "Partitions when chronoq creates its topics.")
+    group_prefix: str = _opt(
+        "GROUP_PREFIX", "chronoq", _name,
+        "Prefix of the consumer groups: `<prefix>-executors` and `<prefix>-results`. Give every "
+        "deployment that shares a Kafka cluster its own (and its own topics).",
+    )
+    group_join_timeout_seconds: float = _opt(
+        "GROUP_JOIN_TIMEOUT_SECONDS", 40.0, _positive(float),
+        "A consumer that has not completed its group join for this long (keep it a few session "
+        "timeouts) logs an error, reports itself unhealthy and rejoins as a fresh member.",
+    )
     kafka_session_timeout_ms: int = _opt(
         "KAFKA_SESSION_TIMEOUT_MS", 10000, _positive(int), "Consumer-group session timeout."
     )
@@ -115,6 +140,12 @@ class Settings:
     past_tolerance_seconds: float = _opt(
         "PAST_TOLERANCE_SECONDS", 5.0, float, "How far in the past an `execute_at` may be and still be accepted."
     )
+    health_port: int = _opt(
+        "HEALTH_PORT", 0, _port,
+        "Port of the health and metrics endpoint (`/healthz`, `/metrics`) of the scanner, executors "
+        "and result writer; 0: none.",
+    )
+    health_host: str = _opt("HEALTH_HOST", "127.0.0.1", str, "Address the health endpoint binds to.")
     log_level: str = _opt("LOG_LEVEL", "INFO", str, "Log level of every service.")
 
     @property
@@ -131,6 +162,16 @@ class Settings:
     @property
     def topics(self) -> tuple[str, str, str]:
         return (self.topic_jobs, self.topic_updates, self.topic_dlq)
+
+    @property
+    def executor_group(self) -> str:
+        """The consumer group of the executors on the jobs topic."""
+        return f"{self.group_prefix}-executors"
+
+    @property
+    def results_group(self) -> str:
+        """The consumer group of the result writers on the updates topic."""
+        return f"{self.group_prefix}-results"
 
 
 def options() -> list[tuple[str, str, Any]]:

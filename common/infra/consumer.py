@@ -1,23 +1,43 @@
-"""The consumer loop both Kafka consumers share: one thread polls, hands each batch to a
-handler, and commits the offsets only once the handler says the batch is recorded. Broker
-errors are logged and retried with backoff; the loop never dies of them."""
+"""The consumer loop both Kafka consumers share. One thread polls; each record is decoded, and
+the decoded batch is handed to the service's handler; the offsets are committed only once the
+handler says the batch is recorded.
+
+No record can stall a partition: a record that does not decode is dead-lettered at once; when a
+batch fails, its records are handled one at a time, and a record that fails
+:data:`POISON_TRIES` times alone is dead-lettered with the reason, so the records around it are
+processed and the partition moves on. A batch is never retried whole.
+
+No member stays silently outside its group: a member whose group join has not completed within
+``CHRONOQ_GROUP_JOIN_TIMEOUT_SECONDS`` logs an error naming the group, reports itself stuck
+(:class:`~common.infra.health.GroupHealth`), and rejoins as a fresh member."""
 
 from __future__ import annotations
 
 import logging
 import threading
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Generic, Sequence, TypeVar
 
+from common.core.messages import DeadLetter
 from common.infra.config import Settings
-from common.infra.errors import BrokerUnavailable
-from common.infra.kafka import BrokerError, ensure_topics, make_consumer
+from common.infra.errors import BrokerUnavailable, MessageError
+from common.infra.health import GroupHealth
+from common.infra.kafka import BrokerError, Producer, ensure_topics, make_consumer
+from common.infra.retry import LOOP, Backoff, Pacer
 
 log = logging.getLogger(__name__)
 
-#: A handler records a batch and returns True, or returns False when it was stopped before
+M = TypeVar("M")
+
+#: Turns a record's value into a message, or raises (:class:`MessageError` with the reason).
+Decode = Callable[[bytes | None, int], M]
+#: Records a batch of messages and returns True, or returns False when it was stopped before
 #: recording everything (then nothing is committed and the batch is delivered again).
-BatchHandler = Callable[[Sequence[Any]], bool]
+BatchHandler = Callable[[list[M]], bool]
+
+#: Times a record is handled alone before it is dead-lettered as poison.
+POISON_TRIES = 3
+POISON_PAUSES = Backoff(first=0.2, cap=1.0)
 
 
 def _settle_before_leaving(consumer: Any, timeout: float) -> bool:
@@ -46,7 +66,20 @@ def _settle_before_leaving(consumer: Any, timeout: float) -> bool:
     return False
 
 
-class ConsumerLoop:
+def _joined(consumer: Any) -> bool:
+    """Whether ``consumer`` has a completed group join (it may still own no partitions: a group
+    with more members than partitions leaves some idle)."""
+    coordinator = getattr(consumer, "_coordinator", None)
+    if coordinator is None or not hasattr(coordinator, "stable"):
+        return bool(consumer.assignment())
+    return bool(coordinator.stable())
+
+
+def _reason(exc: BaseException) -> str:
+    return str(exc) if isinstance(exc, MessageError) else f"{type(exc).__name__}: {exc}"
+
+
+class ConsumerLoop(Generic[M]):
     """Poll ``topic`` as a member of ``group_id`` until ``stop`` is set."""
 
     def __init__(
@@ -55,19 +88,25 @@ class ConsumerLoop:
         *,
         topic: str,
         group_id: str,
-        handle: BatchHandler,
+        decode: Decode[M],
+        handle: BatchHandler[M],
         stop: threading.Event,
+        producer: Producer,
         max_records: int = 500,
         client_id: str = "chronoq",
     ) -> None:
         self.settings = settings
         self.topic = topic
         self.group_id = group_id
+        self.decode = decode
         self.handle = handle
         self.stop = stop
+        self.producer = producer
         self.max_records = max_records
         self.client_id = client_id
         self.assigned = threading.Event()  # set once the group gave this member partitions
+        self.health = GroupHealth(group_id, topic)
+        self._idle_logged = False
 
     def run(self) -> None:
         """Consume until ``stop`` is set. Broker errors are retried inside; anything unexpected
@@ -82,8 +121,9 @@ class ConsumerLoop:
                 self.stop.wait(2.0)
 
     def _consume(self) -> None:
-        backoff = 0.5
+        pacer = Pacer(LOOP, self.stop, log)
         consumer = None
+        member_since = time.monotonic()
         try:
             while not self.stop.is_set():
                 if consumer is None:
@@ -92,8 +132,9 @@ class ConsumerLoop:
                         # without topics; whoever reconnects first creates them again.
                         ensure_topics(self.settings)
                         consumer = make_consumer(self.settings, self.topic, self.group_id, self.client_id)
+                        member_since = time.monotonic()
                     except BrokerUnavailable as exc:
-                        backoff = self._wait(backoff, f"cannot join {self.group_id}: {exc}")
+                        pacer.failed(f"cannot join {self.group_id}: {exc}")
                         continue
                 try:
                     polled = consumer.poll(timeout_ms=500, max_records=self.max_records)
@@ -103,26 +144,17 @@ class ConsumerLoop:
                     # broker no longer has.
                     self._close(consumer)
                     consumer = None
-                    backoff = self._wait(backoff, f"poll of {self.topic} failed: {exc!r}")
+                    pacer.failed(f"poll of {self.topic} failed: {exc!r}")
                     continue
-                backoff = 0.5
-                if consumer.assignment():
-                    self.assigned.set()
+                pacer.succeeded()
+                if self._stuck(consumer, member_since):
+                    self._close(consumer, leave=False)
+                    consumer = None
+                    continue
                 records = [record for batch in polled.values() for record in batch]
                 if not records:
                     continue
-                try:
-                    recorded = self.handle(records)
-                except Exception:  # noqa: BLE001 - a bug in one batch must not end the loop
-                    log.exception(
-                        "handling %d messages of %s failed; leaving them uncommitted and rejoining",
-                        len(records), self.topic,
-                    )
-                    self._close(consumer)  # positions fall back to the last commit
-                    consumer = None
-                    backoff = self._wait(backoff, "handler failed")
-                    continue
-                if not recorded:
+                if not self._process(records):
                     log.info("stopped before recording %d messages; they stay uncommitted", len(records))
                     break
                 try:
@@ -137,8 +169,100 @@ class ConsumerLoop:
                 self._close(consumer)
             log.info("consumer of %s (group %s) closed", self.topic, self.group_id)
 
-    def _close(self, consumer: Any) -> None:
-        if self.stop.is_set():
+    # -- membership -------------------------------------------------------------------------
+
+    def _stuck(self, consumer: Any, member_since: float) -> bool:
+        """Track the member's join; True when this member (created at ``member_since``) has
+        not joined within the bound and should be replaced by a fresh one."""
+        now = time.monotonic()
+        if _joined(consumer):
+            partitions = len(consumer.assignment())
+            if self.health.stuck or (self.health.unstable_for(now) > self.settings.group_join_timeout_seconds):
+                log.info("group %s: joined after %.0fs; %d partitions", self.group_id, self.health.unstable_for(now), partitions)
+            self.health.stable(partitions)
+            if partitions:
+                self.assigned.set()
+                self._idle_logged = False
+            elif not self._idle_logged:
+                self._idle_logged = True
+                log.info(
+                    "group %s: joined, but given no partition of %s (more members than partitions); "
+                    "this member stays idle until a rebalance gives it one", self.group_id, self.topic,
+                )
+            return False
+        unstable = self.health.unstable(now)
+        bound = self.settings.group_join_timeout_seconds
+        # Counted from this member's creation too: a broker that was away is not a stuck group.
+        if min(unstable, now - member_since) <= bound:
+            return False
+        self.health.gave_up_join()
+        log.error(
+            "group %s on %s: this member's join has not completed for %.0fs (CHRONOQ_GROUP_JOIN_TIMEOUT_SECONDS=%g); "
+            "it consumes nothing meanwhile. Rejoining as a fresh member (attempt %d). If this repeats, "
+            "inspect the group on the broker (kafka-consumer-groups.sh --describe --group %s); a group "
+            "that never settles can be deleted once its members are stopped, or the deployment given a new "
+            "CHRONOQ_GROUP_PREFIX (its members then start from the earliest offsets; updates are idempotent).",
+            self.group_id, self.topic, unstable, bound, self.health.rejoins, self.group_id,
+        )
+        return True
+
+    # -- records ----------------------------------------------------------------------------
+
+    def _process(self, records: Sequence[Any]) -> bool:
+        """Decode and handle ``records``; False when stopped before all were recorded."""
+        decoded: list[tuple[Any, M]] = []
+        for record in records:
+            try:
+                decoded.append((record, self.decode(record.value, self.settings.max_message_bytes)))
+            except Exception as exc:  # noqa: BLE001 - whatever the bytes do, the record is dead-lettered
+                self._dead_letter(record, _reason(exc))
+        if not decoded:
+            return True
+        try:
+            return self.handle([message for _, message in decoded])
+        except Exception as exc:  # noqa: BLE001 - find the record that breaks the handler
+            log.warning(
+                "handling %d messages of %s failed (%s); handling them one at a time",
+                len(decoded), self.topic, _reason(exc),
+            )
+        for record, message in decoded:
+            if not self._handle_alone(record, message):
+                return False
+        return True
+
+    def _handle_alone(self, record: Any, message: M) -> bool:
+        pacer = Pacer(POISON_PAUSES, self.stop, log)
+        for attempt in range(1, POISON_TRIES + 1):
+            try:
+                return self.handle([message])
+            except Exception as exc:  # noqa: BLE001
+                error = exc
+                if attempt < POISON_TRIES:
+                    pacer.failed(f"{self._where(record)}: handler failed on try {attempt} of {POISON_TRIES} ({_reason(exc)})")
+                    if self.stop.is_set():
+                        return False
+        log.error("%s: handler failed %d times; dead-lettered", self._where(record), POISON_TRIES, exc_info=error)
+        self._dead_letter(record, f"handler failed {POISON_TRIES} times: {_reason(error)}")
+        return True
+
+    def _dead_letter(self, record: Any, reason: str) -> None:
+        log.warning("%s sent to %s: %s", self._where(record), self.settings.topic_dlq, reason)
+        self.health.dead_letter()
+        self.producer.dead_letter(DeadLetter.from_record(record, reason), wait=True)
+
+    @staticmethod
+    def _where(record: Any) -> str:
+        key = record.key.decode(errors="replace")[:100] if record.key is not None else None
+        return f"message at {record.topic}[{record.partition}]@{record.offset} (job {key})"
+
+    def _close(self, consumer: Any, leave: bool = True) -> None:
+        if not leave:
+            # A fresh member: give up the old member id without a LeaveGroup in the middle of a
+            # join (see below); the coordinator expires it after the session timeout.
+            coordinator = getattr(consumer, "_coordinator", None)
+            if coordinator is not None and hasattr(coordinator, "reset_generation"):
+                coordinator.reset_generation()
+        elif self.stop.is_set():
             # Leave only outside a rebalance: a member that leaves while its JoinGroup is
             # pending may be elected leader and be gone before it sends the assignment. Kafka
             # then starts another rebalance; the tansu coordinator (0.6, the local and test
@@ -148,8 +272,3 @@ class ConsumerLoop:
             consumer.close(autocommit=False)
         except Exception as exc:  # noqa: BLE001 - a consumer of a dead broker may fail to close
             log.warning("closing the consumer failed: %r", exc)
-
-    def _wait(self, backoff: float, why: str) -> float:
-        log.warning("%s; retrying in %.1fs", why, backoff)
-        self.stop.wait(backoff)
-        return min(backoff * 2, 10.0)

@@ -122,13 +122,22 @@ class Producer:
         if not self.send_all(topic, [(key, value)], timeout)[0]:
             raise BrokerUnavailable(f"{topic}: message for {key.decode(errors='replace')} not acknowledged")
 
-    def dead_letter(self, letter: DeadLetter) -> None:
-        """Publish to the dead-letter topic; a failure is logged, never raised (best effort)."""
+    def dead_letter(self, letter: DeadLetter, wait: bool = False) -> bool:
+        """Publish to the dead-letter topic (``wait``: until acknowledged); a failure is logged
+        with the letter's reason, never raised. True when queued (or acknowledged)."""
         key = (letter.job_id or "").encode()
         try:
-            self.send(self._settings.topic_dlq, key, letter.encode())
+            if wait:
+                self.send_and_wait(self._settings.topic_dlq, key, letter.encode(), timeout=10.0)
+            else:
+                self.send(self._settings.topic_dlq, key, letter.encode())
+            return True
         except BrokerUnavailable as exc:
-            log.error("could not dead-letter (%s): %s", letter.reason, exc)
+            log.error(
+                "could not dead-letter (%s; %s[%s]@%s, job %s): %s",
+                letter.reason, letter.source_topic, letter.partition, letter.offset, letter.job_id, exc,
+            )
+            return False
 
     def flush(self, timeout: float = 15.0) -> None:
         producer = self._producer

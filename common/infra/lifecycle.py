@@ -69,8 +69,15 @@ def run_service(name: str, build: Callable[["Settings", threading.Event], Servic
     service and run it until SIGTERM/SIGINT."""
     from common.infra.logs import setup_logging
 
+    from common.infra.health import HealthServer
+
     settings = load_or_exit(name)
     setup_logging(settings.log_level, name)
     with on_stop(threading.Event(), name) as stop:
-        build(settings, stop).run()
+        service = build(settings, stop)
+        health = HealthServer(settings, getattr(service, "health", lambda: (True, {})), name).start()
+        try:
+            service.run()
+        finally:
+            health.stop()
     return EXIT_OK

@@ -15,7 +15,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import IO
 
-from common.launch.broker import LocalBroker
+import requests
+
+from common.launch.broker import LocalBroker, free_port
 from common.infra.config import Settings
 from common.infra.kafka import ensure_topics
 from common.infra.lifecycle import EXIT_OK, on_stop
@@ -39,6 +41,9 @@ class Child:
 
     def __init__(self, name: str, module: str, env: dict[str, str], log_dir: Path, width: int) -> None:
         self.name = name
+        # Every background service gets a health endpoint on loopback, for the supervisor.
+        self.health_port = free_port() if module != "api" else 0
+        env = {**env, "CHRONOQ_HEALTH_PORT": str(self.health_port)} if self.health_port else env
         self.log_file: IO[str] = open(log_dir / f"{name}.log", "a", encoding="utf-8")
         self.process = subprocess.Popen(
             [sys.executable, "-m", module],
@@ -75,6 +80,51 @@ class Child:
         return self.process.returncode
 
 
+class GroupWatch:
+    """Asks the children's health endpoints, every few seconds, whether a consumer is stuck
+    outside its group; says which one has been for twice the join timeout (its own fresh
+    rejoin, after one timeout, did not help)."""
+
+    EVERY = 5.0
+
+    def __init__(self, children: list[Child], join_timeout: float) -> None:
+        self.children = children
+        self.bound = 2 * join_timeout
+        self._next = time.monotonic() + self.EVERY
+
+    def stuck(self) -> str | None:
+        if time.monotonic() < self._next:
+            return None
+        self._next = time.monotonic() + self.EVERY
+        for child in self.children:
+            if not child.health_port or child.process.poll() is not None:
+                continue
+            try:
+                report = requests.get(f"http://127.0.0.1:{child.health_port}/healthz", timeout=2).json()
+            except (requests.RequestException, ValueError):
+                continue  # starting, stopping or busy: not a verdict
+            for consumer in report.get("consumers", []):
+                if consumer.get("state") == "stuck" and consumer.get("unstable_seconds", 0) > self.bound:
+                    return f"{child.name}: group {consumer['group']} has not let it join for {consumer['unstable_seconds']:.0f}s"
+        return None
+
+
+def restart_broker(broker: LocalBroker, settings: Settings, why: str) -> LocalBroker:
+    """Replace the local broker with a fresh one on the same port. It holds nothing the
+    database cannot rebuild: the scanner re-dispatches what was in flight once its lease ran
+    out, and executors wrote every attempt's end to the database as well."""
+    log.warning(
+        "%s. The local broker (tansu) can wedge a consumer group for good (docs/tansu-group-wedge.md); "
+        "restarting it on port %d. Jobs that were queued are dispatched again after their lease (%gs).",
+        why, broker.port, settings.lease_seconds,
+    )
+    broker.stop()
+    fresh = LocalBroker(port=broker.port, log_path=broker.log_path).start()
+    ensure_topics(settings)
+    log.warning("local broker restarted (pid %d); services reconnect by themselves", fresh.process.pid if fresh.process else -1)
+    return fresh
+
+
 def run_local(settings: Settings, *, port: int | None = None, home: str | None = None, executors: int = 1) -> int:
     """Run everything until stopped; returns the exit code."""
     home_dir = Path(home or settings.home).resolve()
@@ -100,6 +150,8 @@ def run_local(settings: Settings, *, port: int | None = None, home: str | None =
             # One machine: a short group session makes the executors join in seconds.
             "CHRONOQ_KAFKA_SESSION_TIMEOUT_MS": os.environ.get("CHRONOQ_KAFKA_SESSION_TIMEOUT_MS", "6000"),
             "CHRONOQ_KAFKA_MAX_POLL_INTERVAL_MS": os.environ.get("CHRONOQ_KAFKA_MAX_POLL_INTERVAL_MS", "10000"),
+            "CHRONOQ_GROUP_JOIN_TIMEOUT_SECONDS": os.environ.get("CHRONOQ_GROUP_JOIN_TIMEOUT_SECONDS", "20"),
+            "CHRONOQ_HEALTH_HOST": "127.0.0.1",
             "PYTHONUNBUFFERED": "1",
         }
         if sqlite:
@@ -121,7 +173,11 @@ def run_local(settings: Settings, *, port: int | None = None, home: str | None =
                 "Press Ctrl-C to stop.\n",
                 flush=True,
             )
+            watch = GroupWatch(children, float(env["CHRONOQ_GROUP_JOIN_TIMEOUT_SECONDS"]))
             while not stop.wait(0.5):
+                stuck = watch.stuck()
+                if stuck:
+                    broker = restart_broker(broker, settings, stuck)
                 dead = [c for c in children if c.process.poll() is not None]
                 if dead:
                     log.error(

@@ -34,12 +34,14 @@ def own_broker() -> Iterator[LocalBroker]:
 
 
 def system_settings(pg_url: str, bootstrap: str, **overrides: Any) -> Settings:
-    """Settings for a system under test: the run's database, fresh topics, a free API port."""
+    """Settings for a system under test: the run's database, its own topics and consumer groups
+    (nothing another test did to the broker can reach it), a free API port."""
     suffix = uuid.uuid4().hex[:8]
     values = {**TEST_SETTINGS, "lease_seconds": 6.0, "sweep_interval_seconds": 1.0, **overrides}
     return load_settings(
         {}, database_url=pg_url, kafka_bootstrap=bootstrap, api_port=free_port(), api_workers=2,
-        topic_jobs=f"jobs-{suffix}", topic_updates=f"updates-{suffix}", topic_dlq=f"dlq-{suffix}", **values,
+        topic_jobs=f"jobs-{suffix}", topic_updates=f"updates-{suffix}", topic_dlq=f"dlq-{suffix}",
+        group_prefix=f"test-{suffix}", **values,
     )
 
 

@@ -1,0 +1,202 @@
+"""No record can stall a partition, on either topic, over the real broker: every class of bad
+record is dead-lettered with its reason, the good record behind it (same partition) is
+processed, and the group's committed offset moves past all of them."""
+
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+from typing import Any, Callable, Iterator
+
+import pytest
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from sqlalchemy import text
+
+from common.core import store
+from common.core.messages import UpdateMessage, encode_dispatch, encode_update
+from common.infra.clock import utcnow
+from common.infra.config import Settings
+from common.infra.consumer import POISON_TRIES
+from common.infra.db import get_engine, session_scope
+from executor_service.service import Executor
+from result_service.writer import ResultWriter
+from tests.helpers import add_job, get_job, read_topic, wait_for
+
+JOIN_TIMEOUT = 60.0
+
+
+def bad_records(valid: bytes, max_bytes: int) -> dict[str, bytes | None]:
+    """One of each class of record that must not stop a consumer, by name."""
+    return {
+        "truncated": valid[: len(valid) // 2],
+        "huge": b'{"v": 1, "pad": "' + b"x" * (max_bytes + 10) + b'"}',
+        "deeply nested": b"[" * 100_000 + b"]" * 100_000,
+        "nested object": b'{"v": 1, "payload": ' + b'{"a": ' * 5000 + b"1" + b"}" * 5000 + b"}",
+        "invalid UTF-8": b'{"v": 1, "job_id": "\xff\xfe\xfd"}',
+        "null value": None,
+        "not an object": b"[1, 2, 3]",
+        "NaN": valid.replace(b'"attempt":1', b'"attempt":NaN'),
+        "5000-digit number": valid.replace(b'"attempt":1', b'"attempt":' + b"9" * 5000),
+    }
+
+
+def send_raw(settings: Settings, topic: str, records: list[tuple[bytes, bytes | None]]) -> None:
+    """Publish on partition 0, in order, with a client that lets anything through."""
+    producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, max_request_size=8 * 1024 * 1024)
+    try:
+        for key, value in records:
+            producer.send(topic, key=key, value=value, partition=0)
+        producer.flush(30)
+    finally:
+        producer.close()
+
+
+def committed_past(settings: Settings, group: str, topic: str, offset: int) -> bool:
+    """Whether ``group`` committed partition 0 of ``topic`` beyond ``offset`` (read without joining)."""
+    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, group_id=group, enable_auto_commit=False)
+    try:
+        return (consumer.committed(TopicPartition(topic, 0)) or 0) > offset
+    finally:
+        consumer.close(autocommit=False)
+
+
+def end_offset(settings: Settings, topic: str) -> int:
+    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap)
+    try:
+        tp = TopicPartition(topic, 0)
+        return consumer.end_offsets([tp])[tp]
+    finally:
+        consumer.close()
+
+
+def letters(settings: Settings, expect: int) -> list[dict[str, Any]]:
+    found = wait_for(
+        lambda: (lambda ls: ls if len(ls) >= expect else None)(
+            [json.loads(r.value) for r in read_topic(settings, settings.topic_dlq, timeout=2)]
+        ),
+        timeout=60, interval=0.5, what=f"{expect} dead letters",
+    )
+    return sorted(found, key=lambda letter: letter["offset"])
+
+
+class InThread:
+    """A service object's ``run`` in a thread, stopped at the end."""
+
+    def __init__(self, service: Any, stop: threading.Event) -> None:
+        self.service, self.stop_event = service, stop
+        self.thread = threading.Thread(target=service.run, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self.thread.join(60)
+        assert not self.thread.is_alive(), "the service did not stop within 60s"
+
+
+@pytest.fixture
+def run_in_thread() -> Iterator[Callable[[Callable[[threading.Event], Any]], Any]]:
+    started: list[InThread] = []
+
+    def start(build: Callable[[threading.Event], Any]) -> Any:
+        stop = threading.Event()
+        service = build(stop)
+        started.append(InThread(service, stop))
+        return service
+
+    yield start
+    for running in started:
+        running.stop()
+
+
+def test_executor_dead_letters_every_bad_record_and_moves_on(kafka_settings: Settings, run_in_thread) -> None:
+    settings = kafka_settings
+    poison = add_job(settings, due_in=1.0, name="poison")
+    good = add_job(settings, due_in=1.0, name="good")
+    with session_scope(settings) as session:
+        claimed = {m.job_id: m for m in store.claim_ids(session, [poison, good], now=utcnow(), lease=60).messages}
+    tries: list[uuid.UUID] = []
+
+    executor: Executor = run_in_thread(lambda stop: Executor(settings, stop))
+    schedule = executor.schedule
+
+    def schedule_or_throw(message: Any) -> bool:
+        # A valid message that makes the handler throw, every time it is handled.
+        if message.job_id == poison:
+            tries.append(message.job_id)
+            raise RuntimeError("handler bug triggered by this job")
+        return schedule(message)
+
+    executor.schedule = schedule_or_throw  # type: ignore[method-assign]
+    wait_for(executor.ready.is_set, JOIN_TIMEOUT, what="the executor to join its group")
+
+    bad = bad_records(encode_dispatch(claimed[good]), settings.max_message_bytes)
+    records = [(str(good).encode(), value) for value in bad.values()]
+    records += [(str(poison).encode(), encode_dispatch(claimed[poison])), (str(good).encode(), encode_dispatch(claimed[good]))]
+    first = end_offset(settings, settings.topic_jobs)
+    send_raw(settings, settings.topic_jobs, records)
+
+    wait_for(lambda: get_job(settings, good).status == "SUCCESS", timeout=60, what="the good job to run")
+    found = letters(settings, len(bad) + 1)
+    by_offset = {letter["offset"] - first: letter for letter in found}
+    names = list(bad) + ["handler throws"]
+    for index, name in enumerate(names):
+        assert index in by_offset, f"no dead letter for the {name!r} record"
+        assert by_offset[index]["reason"], name
+        assert by_offset[index]["source_topic"] == settings.topic_jobs
+    assert by_offset[len(bad)]["reason"].startswith(f"handler failed {POISON_TRIES} times: RuntimeError")
+    assert by_offset[len(bad)]["job_id"] == str(poison)
+    # Tried in its batch once, then alone a bounded number of times; never again after that.
+    assert len(tries) == 1 + POISON_TRIES
+    wait_for(lambda: committed_past(settings, settings.executor_group, settings.topic_jobs, first + len(records) - 1),
+             timeout=30, what="the executors' group to commit past every record")
+    assert executor.loop.health.dead_lettered == len(bad) + 1
+    print("\nexecutor dead letters: " + "; ".join(f"{n}: {by_offset[i]['reason'][:70]}" for i, n in enumerate(names)))
+
+
+@pytest.fixture
+def refusing_database(kafka_settings: Settings) -> Iterator[None]:
+    """The jobs table refuses the executor name 'refused-executor' while the test runs."""
+    with get_engine(kafka_settings).begin() as conn:
+        conn.execute(text("ALTER TABLE jobs ADD CONSTRAINT test_refused CHECK (executor IS DISTINCT FROM 'refused-executor')"))
+    try:
+        yield
+    finally:
+        with get_engine(kafka_settings).begin() as conn:
+            conn.execute(text("ALTER TABLE jobs DROP CONSTRAINT IF EXISTS test_refused"))
+
+
+def test_result_writer_dead_letters_every_bad_record_and_moves_on(
+    kafka_settings: Settings, run_in_thread, refusing_database: None,
+) -> None:
+    settings = kafka_settings
+    job_id = add_job(settings, due_in=0)
+    with session_scope(settings) as session:
+        (message,) = store.claim_ids(session, [job_id], now=utcnow(), lease=60).messages
+    now = utcnow()
+    running = UpdateMessage(job_id=job_id, token=message.token, status="RUNNING", attempt=1, at=now,
+                            executor="e1", started_at=now)
+    # A valid message the database refuses (a constraint an operator added, say).
+    refused = UpdateMessage(job_id=job_id, token=message.token, status="FAILED", attempt=1, at=now,
+                            executor="refused-executor", started_at=now, finished_at=now, error="boom")
+    writer: ResultWriter = run_in_thread(lambda stop: ResultWriter(settings, stop))
+    wait_for(writer.loop.assigned.is_set, JOIN_TIMEOUT, what="the result writer to join its group")
+
+    bad = bad_records(encode_update(running), settings.max_message_bytes)
+    key = str(job_id).encode()
+    records = [(key, value) for value in bad.values()] + [(key, encode_update(refused)), (key, encode_update(running))]
+    first = end_offset(settings, settings.topic_updates)
+    send_raw(settings, settings.topic_updates, records)
+
+    wait_for(lambda: get_job(settings, job_id).status == "RUNNING", timeout=60, what="the good update")
+    found = letters(settings, len(bad) + 1)
+    by_offset = {letter["offset"] - first: letter for letter in found}
+    for index, name in enumerate(list(bad) + ["refused by the database"]):
+        assert index in by_offset, f"no dead letter for the {name!r} record"
+    assert by_offset[len(bad)]["reason"].startswith(f"handler failed {POISON_TRIES} times")
+    assert "test_refused" in by_offset[len(bad)]["reason"]
+    wait_for(lambda: committed_past(settings, settings.results_group, settings.topic_updates, first + len(records) - 1),
+             timeout=30, what="the result writers' group to commit past every record")
+    job = get_job(settings, job_id)
+    assert job.status == "RUNNING" and job.error is None  # the refused FAILED changed nothing
+    assert writer.dead_lettered == len(bad) + 1
