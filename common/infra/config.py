@@ -48,7 +48,7 @@ def _port(raw: str) -> int:
 def _name(raw: str) -> str:
     """A Kafka group-name part: letters, digits, '.', '_' and '-'."""
     value = raw.strip()
-    if not value or not all(c.isalnum() or c in "._-" for c in value):
+    if not value or not all((c.isascii() and c.isalnum()) or c in "._-" for c in value):
         raise ValueError(f"use letters, digits, '.', '_' or '-', got {raw!r}")
     return value
 

@@ -35,3 +35,21 @@ def test_bad_value_names_the_variable(name, value):
 def test_every_option_has_a_prefixed_name_and_help():
     for env, help_text, _default in options():
         assert env.startswith("CHRONOQ_") and help_text
+
+
+def test_group_prefix_names_both_groups_and_defaults_to_todays_names():
+    assert (load_settings({}).executor_group, load_settings({}).results_group) == ("chronoq-executors", "chronoq-results")
+    staging = load_settings({"CHRONOQ_GROUP_PREFIX": "staging.chronoq"})
+    assert (staging.executor_group, staging.results_group) == ("staging.chronoq-executors", "staging.chronoq-results")
+
+
+@pytest.mark.parametrize("raw", ["has space", "a/b", "ünïcode", " "])
+def test_a_group_prefix_kafka_would_refuse_is_a_config_error(raw):
+    with pytest.raises(ConfigError, match="CHRONOQ_GROUP_PREFIX"):
+        load_settings({"CHRONOQ_GROUP_PREFIX": raw})
+
+
+def test_health_port_is_off_unless_opened_and_checked():
+    assert load_settings({}).health_port == 0 and load_settings({}).health_host == "127.0.0.1"
+    with pytest.raises(ConfigError, match="CHRONOQ_HEALTH_PORT"):
+        load_settings({"CHRONOQ_HEALTH_PORT": "70000"})
