@@ -6,6 +6,8 @@
 from __future__ import annotations
 
 import json
+import math
+import re
 import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
@@ -68,39 +70,89 @@ class UpdateMessage:
         return str(self.job_id).encode()
 
 
+#: Deepest JSON nesting a message may have. The API limits payloads to 32 levels; json.loads and
+#: json.dumps recurse per level, so a few thousand levels raise RecursionError (or worse, overflow
+#: a small thread stack) in the decoder or, later, wherever the message is re-encoded.
+MAX_DEPTH = 64
+#: Longest integer literal: int() is quadratic in the digits, and this is Python's default limit
+#: (sys.set_int_max_str_digits), which json.dumps applies when the message is re-encoded.
+_MAX_INT_DIGITS = 4300
+_BIGINT = 2**63 - 1  # dispatch_token is a BIGINT column
+_INT = 2**31 - 1  # attempts are INTEGER columns
+#: Longest timeout: the executor waits with Thread.join, which raises OverflowError past
+#: threading.TIMEOUT_MAX (~292 years); ten years is far beyond any real job.
+_MAX_TIMEOUT_SECONDS = 10 * 365 * 86400.0
+
+
 class _Aware(fields.AwareDateTime):
+    """An ISO 8601 datetime with an offset, in UTC."""
+
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(format="iso", **kwargs)
 
+    def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> datetime:
+        try:  # converting e.g. 0001-01-01T00:00+01:00 to UTC leaves datetime's range
+            return ensure_aware(super()._deserialize(value, attr, data, **kwargs))
+        except OverflowError:
+            raise self.make_error("invalid", input=value, obj_type=self.OBJ_TYPE) from None
+
+
+class _Int(fields.Integer):
+    """A JSON integer: not 3.0 or "3" (booleans are refused by marshmallow itself)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(strict=True, **kwargs)
+
+
+class _Float(fields.Float):
+    """A finite JSON number: not a numeric string such as "1_0" or "nan"."""
+
+    def _validated(self, value: Any) -> float:
+        if not isinstance(value, (int, float)):
+            raise self.make_error("invalid", input=value)
+        return super()._validated(value)
+
+
+class _Text(fields.String):
+    """A string without NUL characters, which PostgreSQL text columns cannot store."""
+
+    def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> str:
+        text = super()._deserialize(value, attr, data, **kwargs)
+        if "\x00" in text:
+            raise ValidationError("NUL characters are not allowed.")
+        return text
+
 
 class _DispatchSchema(Schema):
-    v = fields.Integer(required=True, validate=validate.Equal(VERSION))
+    v = _Int(required=True, validate=validate.Equal(VERSION))
     job_id = fields.UUID(required=True)
-    token = fields.Integer(required=True, validate=validate.Range(min=1))
-    name = fields.String(required=True)
-    type = fields.String(required=True, validate=validate.Length(min=1))
+    token = _Int(required=True, validate=validate.Range(min=1, max=_BIGINT))
+    name = _Text(required=True)
+    type = _Text(required=True, validate=validate.Length(min=1))
     payload = fields.Dict(required=True)
     execute_at = _Aware(required=True)
-    attempt = fields.Integer(required=True, validate=validate.Range(min=1))
-    max_retries = fields.Integer(required=True, validate=validate.Range(min=0, max=10))
-    timeout_seconds = fields.Float(required=True, validate=validate.Range(min=0, min_inclusive=False))
-    misfire_grace_seconds = fields.Float(load_default=None, allow_none=True)
-    key_attempt = fields.Integer(load_default=None, allow_none=True, validate=validate.Range(min=1))
+    attempt = _Int(required=True, validate=validate.Range(min=1, max=_INT))
+    max_retries = _Int(required=True, validate=validate.Range(min=0, max=10))
+    timeout_seconds = _Float(
+        required=True, validate=validate.Range(min=0, max=_MAX_TIMEOUT_SECONDS, min_inclusive=False)
+    )
+    misfire_grace_seconds = _Float(load_default=None, allow_none=True)
+    key_attempt = _Int(load_default=None, allow_none=True, validate=validate.Range(min=1, max=_INT))
 
 
 class _UpdateSchema(Schema):
-    v = fields.Integer(required=True, validate=validate.Equal(VERSION))
+    v = _Int(required=True, validate=validate.Equal(VERSION))
     job_id = fields.UUID(required=True)
-    token = fields.Integer(required=True, validate=validate.Range(min=1))
-    status = fields.String(required=True, validate=validate.OneOf(sorted(s.value for s in REPORTABLE)))
-    attempt = fields.Integer(required=True, validate=validate.Range(min=1))
+    token = _Int(required=True, validate=validate.Range(min=1, max=_BIGINT))
+    status = _Text(required=True, validate=validate.OneOf(sorted(s.value for s in REPORTABLE)))
+    attempt = _Int(required=True, validate=validate.Range(min=1, max=_INT))
     at = _Aware(required=True)
-    executor = fields.String(required=True)
+    executor = _Text(required=True)
     started_at = _Aware(load_default=None, allow_none=True)
     finished_at = _Aware(load_default=None, allow_none=True)
     next_attempt_at = _Aware(load_default=None, allow_none=True)
     output = fields.Raw(load_default=None, allow_none=True)
-    error = fields.String(load_default=None, allow_none=True)
+    error = _Text(load_default=None, allow_none=True)
 
 
 _DISPATCH = _DispatchSchema()
@@ -118,28 +170,101 @@ def _to_json(message: DispatchMessage | UpdateMessage) -> bytes:
     return json.dumps(body, separators=(",", ":"), default=str).encode()
 
 
+def _short(value: Any, limit: int = 60) -> str:
+    """``repr(value)``, cut: a reason must not echo a megabyte of input."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+# For the depth scan: escapes (so \" does not end a string), then strings (an unterminated one
+# runs to the end), then everything but brackets. Each pattern is linear: no backtracking.
+_ESCAPE = re.compile(rb"\\.", re.DOTALL)
+_STRING = re.compile(rb'"[^"]*(?:"|\Z)')
+_NOT_BRACKET = bytes(sorted(set(range(256)) - set(b"[]{}")))
+
+
+def _too_deep(raw: bytes) -> bool:
+    """Whether JSON text ``raw`` nests deeper than MAX_DEPTH, judged on the bytes before parsing
+    (UTF-8 never uses ASCII byte values inside a multi-byte character)."""
+    brackets = _STRING.sub(b"", _ESCAPE.sub(b"", raw)).translate(None, _NOT_BRACKET)
+    if brackets.count(b"[") + brackets.count(b"{") <= MAX_DEPTH:
+        return False  # the usual case: too few brackets to matter
+    depth = 0
+    for byte in brackets:
+        depth += 1 if byte in b"[{" else -1
+        if depth > MAX_DEPTH:
+            return True
+        if depth < 0:
+            return False  # unbalanced: let the parser say where
+    return False
+
+
+def _constant(name: str) -> Any:
+    raise MessageError(f"non-finite number {name} (not JSON)")
+
+
+def _float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise MessageError(f"number {text[:30]} overflows a float")
+    return value
+
+
+def _int(text: str) -> int:
+    if len(text.lstrip("-")) > _MAX_INT_DIGITS:
+        raise MessageError(f"integer of {len(text)} digits (at most {_MAX_INT_DIGITS})")
+    return int(text)
+
+
+def _parse(raw: bytes) -> Any:
+    try:
+        text = raw.decode("utf-8")  # strict: also refuses UTF-8-encoded surrogates
+    except UnicodeDecodeError as exc:
+        raise MessageError(f"not valid JSON: not UTF-8 ({exc.reason} at byte {exc.start})") from None
+    if _too_deep(raw):
+        raise MessageError(f"JSON nested deeper than {MAX_DEPTH} levels")
+    try:  # a str, not bytes: json.loads would otherwise guess UTF-16/32 or skip a BOM
+        body = json.loads(text, parse_constant=_constant, parse_float=_float, parse_int=_int)
+    except RecursionError:  # not expected after _too_deep; kept as a guard
+        raise MessageError(f"JSON nested deeper than {MAX_DEPTH} levels") from None
+    except ValueError as exc:
+        raise MessageError(f"not valid JSON: {exc}") from None
+    try:  # \ud800 escapes decode to lone surrogates, which no UTF-8 writer (or PostgreSQL) accepts
+        json.dumps(body, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise MessageError("a string holds a lone UTF-16 surrogate (\\ud800-\\udfff escape)") from None
+    return body
+
+
 def _load(raw: bytes | None, schema: Schema, max_bytes: int) -> dict[str, Any]:
     if raw is None:
         raise MessageError("empty message (null value)")
+    if not isinstance(raw, (bytes, bytearray, memoryview)):
+        raise MessageError(f"message is {type(raw).__name__}, not bytes")
+    raw = bytes(raw)
     if len(raw) > max_bytes:
         raise MessageError(f"message of {len(raw)} bytes exceeds the limit of {max_bytes}")
-    try:
-        body = json.loads(raw)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise MessageError(f"not valid JSON: {exc}") from None
+    body = _parse(raw)
     if not isinstance(body, dict):
         raise MessageError("not a JSON object")
-    if body.get("v") != VERSION:
-        raise MessageError(f"unsupported message version {body.get('v')!r} (this build reads {VERSION})")
+    version = body.get("v")
+    if type(version) is not int or version != VERSION:  # type(): True == 1 and 1.0 == 1
+        raise MessageError(f"unsupported message version {_short(version)} (this build reads {VERSION})")
     try:
         data = schema.load(body, unknown="exclude")
     except ValidationError as exc:
-        raise MessageError(f"invalid fields: {json.dumps(exc.messages, sort_keys=True)}") from None
+        raise MessageError(f"invalid fields: {json.dumps(exc.messages, sort_keys=True, default=str)}") from None
     data.pop("v")
-    for name, value in data.items():
-        if isinstance(value, datetime):
-            data[name] = ensure_aware(value)
     return data
+
+
+def _decode(raw: bytes | None, schema: Schema, max_bytes: int, cls: type) -> Any:
+    try:
+        return cls(**_load(raw, schema, max_bytes))
+    except MessageError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the last resort: every bad record gets a reason
+        raise MessageError(f"undecodable message ({type(exc).__name__}: {_short(str(exc))})") from None
 
 
 def encode_dispatch(message: DispatchMessage) -> bytes:
@@ -147,7 +272,8 @@ def encode_dispatch(message: DispatchMessage) -> bytes:
 
 
 def decode_dispatch(raw: bytes | None, max_bytes: int = 1_000_000) -> DispatchMessage:
-    return DispatchMessage(**_load(raw, _DISPATCH, max_bytes))
+    """The message in ``raw``, or :class:`MessageError` with the reason; never another error."""
+    return _decode(raw, _DISPATCH, max_bytes, DispatchMessage)
 
 
 def encode_update(message: UpdateMessage) -> bytes:
@@ -155,7 +281,30 @@ def encode_update(message: UpdateMessage) -> bytes:
 
 
 def decode_update(raw: bytes | None, max_bytes: int = 1_000_000) -> UpdateMessage:
-    return UpdateMessage(**_load(raw, _UPDATE, max_bytes))
+    """The message in ``raw``, or :class:`MessageError` with the reason; never another error."""
+    return _decode(raw, _UPDATE, max_bytes, UpdateMessage)
+
+
+def _text(value: Any) -> str | None:
+    """Readable text of a record's key or value, whatever its type (bytes are decoded leniently)."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value).decode("utf-8", errors="replace")
+    try:
+        return str(value)
+    except Exception:  # noqa: BLE001 - a dead letter must always be writable
+        return f"<unprintable {type(value).__name__}>"
+
+
+def _cut(value: Any, limit: int) -> Any:
+    """A string cut to ``limit`` characters, its lone surrogates replaced (strict JSON readers
+    refuse them); anything else unchanged."""
+    if not isinstance(value, str):
+        return value
+    if len(value) > limit:
+        value = value[:limit] + "…(truncated)"
+    return value.encode("utf-8", errors="replace").decode("utf-8")
 
 
 @dataclass(frozen=True)
@@ -172,18 +321,32 @@ class DeadLetter:
 
     @classmethod
     def from_record(cls, record: Any, reason: str) -> "DeadLetter":
-        """The dead letter for a consumed Kafka record that could not be processed."""
+        """The dead letter for a consumed Kafka record that could not be processed; never raises,
+        whatever the record holds."""
         return cls(
-            reason=reason,
-            source_topic=record.topic,
-            partition=record.partition,
-            offset=record.offset,
-            job_id=record.key.decode(errors="replace") if record.key is not None else None,
-            original=record.value.decode(errors="replace") if record.value is not None else None,
+            reason=_text(reason) or "",
+            source_topic=_text(getattr(record, "topic", None)),
+            partition=getattr(record, "partition", None),
+            offset=getattr(record, "offset", None),
+            job_id=_text(getattr(record, "key", None)),
+            original=_text(getattr(record, "value", None)),
         )
 
     def encode(self, limit: int = 10_000) -> bytes:
-        body = {"v": VERSION, **asdict(self)}
-        if body["original"] is not None and len(body["original"]) > limit:
-            body["original"] = body["original"][:limit] + "…(truncated)"
-        return json.dumps(body, default=str).encode()
+        """Strict JSON (ASCII) for the dead-letter topic; never raises. Each text is cut to
+        ``limit`` characters and a larger ``extra`` to its cut JSON text, so what is written
+        stays well under any broker's message size limit."""
+        body = {"v": VERSION, **{name: _cut(value, limit) for name, value in vars(self).items()}}
+        try:
+            extra = json.dumps(self.extra, default=str, allow_nan=False)
+            if len(extra) > limit:
+                body["extra"] = {"truncated": _cut(extra, limit)}
+            return json.dumps(body, default=str, allow_nan=False).encode()
+        except Exception as exc:  # noqa: BLE001 - e.g. NaN or an odd key in extra: keep the reason
+            return json.dumps({
+                "v": VERSION,
+                "reason": _cut(_text(self.reason), limit),
+                "job_id": _cut(_text(self.job_id), limit),
+                "original": _cut(_text(self.original), limit),
+                "encode_error": _cut(f"{type(exc).__name__}: {_text(exc)}", limit),
+            }).encode()
