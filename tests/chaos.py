@@ -128,10 +128,14 @@ class Chaos:
         with ThreadPoolExecutor(8) as pool:
             n = 0
             futures = []
-            while time.monotonic() < until:
+            next_at = time.monotonic()
+            while next_at < until:
                 futures.append(pool.submit(self._create, n))
                 n += 1
-                time.sleep(1 / self.rate)
+                # Paced on a schedule, not by sleeps that a loaded machine stretches: the run
+                # submits ``rate`` jobs a second whatever the machine does.
+                next_at += 1 / self.rate
+                time.sleep(max(0.0, next_at - time.monotonic()))
             for future in futures:
                 future.result()
 
@@ -160,11 +164,15 @@ class Chaos:
         time.sleep(pause)
         self.system.restart(name)
         if name == "api":
-            self.system.wait_ready(30)
+            self.system.wait_ready(60)
 
     def _faults(self, until: float) -> None:
+        # A fault 4-8 s after the start of the previous one: the time a fault takes (a restart,
+        # the API's readiness) does not thin them out on a slow machine.
         last_broker = 0.0
-        while not self.stop.wait(self.rng.uniform(4.0, 8.0)) and time.monotonic() < until:
+        next_at = time.monotonic() + self.rng.uniform(4.0, 8.0)
+        while not self.stop.wait(max(0.0, next_at - time.monotonic())) and time.monotonic() < until:
+            next_at = time.monotonic() + self.rng.uniform(4.0, 8.0)
             kinds = [k for k in self.kinds if k != "broker_loss" or time.monotonic() - last_broker > 25]
             if not kinds:
                 continue

@@ -165,6 +165,9 @@ def make_consumer(settings: Settings, topic: str, group_id: str, client_id: str 
             bootstrap_servers=_servers(settings),
             client_id=client_id,
             group_id=group_id,
+            # Topics come from ensure_topics with their partition count; a member of a broker
+            # that restarted empty must not create them with the broker's defaults.
+            allow_auto_create_topics=False,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             session_timeout_ms=settings.kafka_session_timeout_ms,

@@ -1,7 +1,8 @@
 """Fault injection on the infrastructure, over the real processes: the broker loses everything,
 PostgreSQL goes away for a while, cancels race the fire, and bad messages land on both topics.
 
-Every wait has a deadline; every figure is printed (``pytest -s`` shows them)."""
+Every wait is for a condition, with a deadline made for a loaded 2-core machine; every figure
+is printed (``pytest -s`` shows them) and only bounds the settings justify are asserted."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from urllib.parse import urlparse
 import pytest
 import requests
 import sqlalchemy as sa
-from kafka import KafkaProducer
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from sqlalchemy.engine import make_url
 
 from common.launch.broker import LocalBroker
@@ -31,7 +32,7 @@ from common.core.messages import (
 )
 from tests.conftest import PG_ADMIN_URL
 from tests.e2e.conftest import attempts, create, job
-from tests.helpers import read_topic, wait_for
+from tests.helpers import wait_for
 from tests.processes import System
 from tests.receiver import Receiver
 
@@ -47,12 +48,15 @@ OUTAGE_SECONDS = float(os.environ.get("FAULT_OUTAGE_SECONDS", "9"))
 
 
 def http_jobs(system: System, receiver: Receiver, prefix: str, n: int, first: datetime, step: timedelta) -> list[dict]:
-    """``n`` http jobs to ``<receiver>/<prefix>/<i>``, the first due at ``first``, then every ``step``."""
-    return [
-        create(system, name=f"{prefix}-{i}", type="http", execute_at=(first + step * i).isoformat(),
-               payload={"url": f"{receiver.url}/{prefix}/{i}"})
-        for i in range(n)
-    ]
+    """``n`` http jobs to ``<receiver>/<prefix>/<i>``, the first due at ``first``, then every
+    ``step``; created in parallel (order kept), so that a slow machine eats little of the time
+    before they are due."""
+    def one(i: int) -> dict:
+        return create(system, name=f"{prefix}-{i}", type="http", execute_at=(first + step * i).isoformat(),
+                      payload={"url": f"{receiver.url}/{prefix}/{i}"})
+
+    with ThreadPoolExecutor(8) as pool:
+        return list(pool.map(one, range(n)))
 
 def parse(value: str) -> datetime:
     return datetime.fromisoformat(value)
@@ -81,6 +85,26 @@ def lateness_ms(receiver: Receiver, jobs: list[dict], prefix: str) -> list[float
         if call.path.startswith(prefix) and call.path in due:
             result.append((call.arrived - due[call.path]).total_seconds() * 1000)
     return sorted(result)
+
+
+def read_to_end(bootstrap: str, topic: str, timeout: float = 30.0) -> list[Any]:
+    """Every record of ``topic`` up to its end offsets at the call (read without a group): a
+    slow fetch delays the answer but loses nothing."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    try:
+        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
+        consumer.assign(partitions)
+        consumer.seek_to_beginning(*partitions)
+        ends = consumer.end_offsets(partitions)
+        records: list[Any] = []
+        deadline = time.monotonic() + timeout
+        while any(consumer.position(tp) < ends[tp] for tp in partitions):
+            assert time.monotonic() < deadline, f"{topic} was not read to its end within {timeout}s"
+            for batch in consumer.poll(timeout_ms=500).values():
+                records.extend(batch)
+        return records
+    finally:
+        consumer.close()
 
 
 def calls_to(receiver: Receiver, path: str) -> int:
@@ -155,7 +179,7 @@ class DatabaseOutage:
 # --------------------------------------------------------------------------- 1. broker total loss
 
 
-@pytest.mark.timeout(75)
+@pytest.mark.timeout(420)
 def test_broker_total_loss_recovers_jobs_and_outcomes(
     spare_brokers: list[LocalBroker], own_broker: LocalBroker, make_system: Callable[..., System], receiver: Receiver
 ) -> None:
@@ -166,10 +190,10 @@ def test_broker_total_loss_recovers_jobs_and_outcomes(
     system.kill("executor1")
     start = utcnow() + timedelta(seconds=2.5)
     jobs = http_jobs(system, receiver, "loss", 20, start, timedelta(milliseconds=75))
-    wait_statuses(system, jobs, lambda s: s == "QUEUED", 10, "all 20 dispatched (QUEUED)")
+    wait_statuses(system, jobs, lambda s: s == "QUEUED", 30, "all 20 dispatched (QUEUED)")
     broker = replace_broker(own_broker, spare_brokers)
     system.restart("executor1")
-    wait_statuses(system, jobs, lambda s: s == "SUCCESS", 35, "all 20 SUCCESS after the broker loss")
+    wait_statuses(system, jobs, lambda s: s == "SUCCESS", 90, "all 20 SUCCESS after the broker loss")
     late_a = lateness_ms(receiver, jobs, "/loss/")
     assert len(late_a) == 20 and sorted(receiver.paths()) == sorted(f"/loss/{i}" for i in range(20))
     assert receiver.double_starts() == {}
@@ -182,21 +206,25 @@ def test_broker_total_loss_recovers_jobs_and_outcomes(
     # (b) the services reconnected by themselves: new jobs run normally
     soon = utcnow() + timedelta(seconds=1.5)
     fresh = http_jobs(system, receiver, "after", 5, soon, timedelta(milliseconds=50))
-    wait_statuses(system, fresh, lambda s: s == "SUCCESS", 20, "new jobs after the broker restart")
+    wait_statuses(system, fresh, lambda s: s == "SUCCESS", 30, "new jobs after the broker restart")
     late_b = lateness_ms(receiver, fresh, "/after/")
     assert len(late_b) == 5 and receiver.double_starts() == {}
     print(f"(b) 5 new jobs after the restart: lateness max {late_b[-1]:.0f} ms")
-    assert late_b[-1] < 3000, "new jobs after a broker restart should not wait for a lease"
+    # A job whose dispatch was lost waits for its lease to run out, at due + lease.
+    lease_ms = system.settings.lease_seconds * 1000
+    assert late_b[-1] < lease_ms, "new jobs after a broker restart should not wait for a lease"
 
     # (c) outcomes whose messages are lost with the broker are still recorded (write-through)
     system.kill("results")
     soon = utcnow() + timedelta(seconds=1.5)
     written = http_jobs(system, receiver, "through", 5, soon, timedelta(milliseconds=50))
-    wait_for(lambda: all(calls_to(receiver, f"/through/{i}") for i in range(5)), timeout=15, what="the 5 calls")
-    wait_statuses(system, written, lambda s: s == "SUCCESS", 10, "SUCCESS written through by the executor")
+    wait_for(lambda: all(calls_to(receiver, f"/through/{i}") for i in range(5)), timeout=30, what="the 5 calls")
+    wait_statuses(system, written, lambda s: s == "SUCCESS", 20, "SUCCESS written through by the executor")
     broker = replace_broker(broker, spare_brokers)
     system.restart("results")
-    time.sleep(2.0)  # the result writer rejoins an empty log; nothing must move backwards
+    # Not a wait for something: the restarted result writer meets an empty log, and nothing may
+    # move backwards; give a change that must not happen a moment to show.
+    time.sleep(2.0)
     for j in written:
         final = job(system, j["id"])
         history = attempts(system, j["id"])
@@ -215,19 +243,20 @@ def test_broker_total_loss_recovers_jobs_and_outcomes(
 # --------------------------------------------------------------------------- 2. PostgreSQL outage
 
 
-@pytest.mark.timeout(90)
+@pytest.mark.timeout(360)
 def test_postgres_outage_503s_then_everything_resumes(make_system: Callable[..., System], receiver: Receiver) -> None:
     began = time.monotonic()
     system = make_system(lease_seconds=6.0)
     outage = DatabaseOutage(system.settings.database_url)
     try:
         t0 = utcnow()
-        # Running across the outage: 3 s sleeps that start ~1 s before it.
-        across = [create(system, name=f"across-{i}", type="sleep", payload={"seconds": 3},
+        # Running across the outage: 5 s sleeps that start ~1 s before it (so they end in it
+        # even when setting it up is slow).
+        across = [create(system, name=f"across-{i}", type="sleep", payload={"seconds": 5},
                          execute_at=(t0 + timedelta(seconds=1.5)).isoformat()) for i in range(3)]
         # Due during the outage (some already on the executor, some still SCHEDULED).
         during = http_jobs(system, receiver, "during", 10, t0 + timedelta(seconds=3.5), timedelta(milliseconds=400))
-        wait_statuses(system, across, lambda s: s == "RUNNING", 10, "the sleeps RUNNING")
+        wait_statuses(system, across, lambda s: s == "RUNNING", 30, "the sleeps RUNNING")
         outage.begin()
         outage_began = utcnow()
 
@@ -248,13 +277,15 @@ def test_postgres_outage_503s_then_everything_resumes(make_system: Callable[...,
                 body = response.json()
                 assert body["code"] == 503 and body["status"] and "database" in body["message"].lower(), body
                 assert response.headers.get("Retry-After") == "5"
+                # Refused at once: no request waits for the 5 s connect timeout.
                 assert elapsed < 5.0, f"{what} took {elapsed:.1f}s during the outage"
+        # The outage's length, not a wait for something.
         time.sleep(max(0.0, OUTAGE_SECONDS - (utcnow() - outage_began).total_seconds()))
         outage.end()
         outage_s = (utcnow() - outage_began).total_seconds()
         resumed = time.monotonic()
 
-        wait_statuses(system, across + during, lambda s: s == "SUCCESS", 40, "every job SUCCESS after the outage")
+        wait_statuses(system, across + during, lambda s: s == "SUCCESS", 90, "every job SUCCESS after the outage")
         recovered_s = time.monotonic() - resumed
     finally:
         outage.close()
@@ -268,7 +299,7 @@ def test_postgres_outage_503s_then_everything_resumes(make_system: Callable[...,
     for j in across:
         final = job(system, j["id"])
         history = attempts(system, j["id"])
-        assert final["output"] == {"slept": 3.0}, final
+        assert final["output"] == {"slept": 5.0}, final
         assert history[0]["attempt"] == 1 and history[0]["status"] == "SUCCESS", history  # no update lost
         assert all(a["finished_at"] for a in history), history
         reruns += len(history) - 1
@@ -304,22 +335,24 @@ def delete(system: System, job_id: str) -> requests.Response:
     return requests.delete(f"{system.base_url}/api/jobs/{job_id}", timeout=10)
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(360)
 def test_cancel_races_with_the_fire(make_system: Callable[..., System], receiver: Receiver) -> None:
     began = time.monotonic()
-    system = make_system()
+    # A 30 s window: every job below is dispatched by the API itself, QUEUED on the executor
+    # once created (a 2 s window would queue some only 2-4 s before their time).
+    system = make_system(scan_interval_seconds=30.0)
 
     # (a) cancelled while queued on the executor: never runs
     queued = create(system, name="cancel-queued", type="http", delay_seconds=3,
                     payload={"url": f"{receiver.url}/queued"})
-    wait_for(lambda: job(system, queued["id"])["status"] == "QUEUED", timeout=10, what="QUEUED")
+    wait_for(lambda: job(system, queued["id"])["status"] == "QUEUED", timeout=30, what="QUEUED")
     response = delete(system, queued["id"])
     assert response.status_code == 200 and response.json()["status"] == "CANCELLED", response.text
 
     # (b) 30 jobs due at one instant T, each cancelled at T (+-15 ms)
     fire = utcnow() + timedelta(seconds=4)
     racing = http_jobs(system, receiver, "race", 30, fire, timedelta(0))
-    wait_statuses(system, racing, lambda s: s == "QUEUED", 6, "all 30 QUEUED before T")
+    wait_statuses(system, racing, lambda s: s == "QUEUED", 30, "all 30 QUEUED before T")
     assert utcnow() < fire - timedelta(milliseconds=300), "too slow to set up the race"
 
     def cancel_at(index: int) -> tuple[int, str, float]:
@@ -331,8 +364,10 @@ def test_cancel_races_with_the_fire(make_system: Callable[..., System], receiver
 
     with ThreadPoolExecutor(max_workers=30) as pool:
         answers = list(pool.map(cancel_at, range(30)))
-    wait_statuses(system, racing, lambda s: s in TERMINAL, 15, "every racing job terminal")
-    time.sleep(1.0)  # a call that should not happen has time to arrive
+    wait_statuses(system, racing, lambda s: s in TERMINAL, 60, "every racing job terminal")
+    # Not a wait for something: a call that must not happen gets a moment to arrive (a call
+    # that must happen came before its job's SUCCESS).
+    time.sleep(1.0)
 
     won = lost = 0
     for index, (code, text, _) in enumerate(answers):
@@ -357,11 +392,11 @@ def test_cancel_races_with_the_fire(make_system: Callable[..., System], receiver
 
     # (c) cancel while RUNNING: 409 naming RUNNING, and it still ends SUCCESS
     sleeper = create(system, name="cancel-running", type="sleep", delay_seconds=1, payload={"seconds": 3})
-    wait_for(lambda: job(system, sleeper["id"])["status"] == "RUNNING", timeout=10, what="RUNNING")
+    wait_for(lambda: job(system, sleeper["id"])["status"] == "RUNNING", timeout=30, what="RUNNING")
     response = delete(system, sleeper["id"])
     assert response.status_code == 409, response.text
     assert "RUNNING" in response.json()["message"], response.text
-    wait_for(lambda: job(system, sleeper["id"])["status"] == "SUCCESS", timeout=10, what="SUCCESS")
+    wait_for(lambda: job(system, sleeper["id"])["status"] == "SUCCESS", timeout=30, what="SUCCESS")
     assert [a["status"] for a in attempts(system, sleeper["id"])] == ["SUCCESS"]
     print(f"cancel while RUNNING: 409 {response.json()['message']!r}; {time.monotonic() - began:.1f} s")
 
@@ -369,27 +404,13 @@ def test_cancel_races_with_the_fire(make_system: Callable[..., System], receiver
 # --------------------------------------------------------------------------- 4. bad messages
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(360)
 def test_bad_messages_on_both_topics_are_dead_lettered_and_the_partition_flows(
     make_system: Callable[..., System], receiver: Receiver
 ) -> None:
     began = time.monotonic()
     system = make_system()
     settings = system.settings
-    # Due in 7 s: the scanner (not the API) dispatches it, after the bad messages below, which
-    # carry its id as the key and so sit on the same partitions before it.
-    valid = create(system, name="after-bad", type="http", delay_seconds=7,
-                   payload={"url": f"{receiver.url}/after-bad"})
-    assert valid["status"] == "SCHEDULED", valid
-    key = valid["id"].encode()
-    now = utcnow()
-    dispatch = encode_dispatch(DispatchMessage(
-        job_id=uuid.UUID(valid["id"]), token=1, name="x", type="noop", payload={},
-        execute_at=now, attempt=1, max_retries=0, timeout_seconds=5.0,
-    ))
-    update = encode_update(UpdateMessage(
-        job_id=uuid.UUID(valid["id"]), token=1, status="SUCCESS", attempt=1, at=now, executor="forged",
-    ))
     oversized = json.dumps({"v": 1, "pad": "x" * settings.max_message_bytes}).encode()
 
     def bad(good: bytes) -> dict[str, bytes]:
@@ -404,6 +425,24 @@ def test_bad_messages_on_both_topics_are_dead_lettered_and_the_partition_flows(
     producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, max_request_size=4 * settings.max_message_bytes)
     sent: dict[tuple[str, str], Any] = {}
     try:
+        # Connected, and knowing both topics, before the job exists: sending takes milliseconds
+        # then, well inside the 3 s before the scanner may dispatch the job.
+        for topic in (settings.topic_jobs, settings.topic_updates):
+            assert producer.partitions_for(topic), topic
+        # Due in 7 s: the scanner (not the API) dispatches it, after the bad messages below,
+        # which carry its id as the key and so sit on the same partitions before it.
+        valid = create(system, name="after-bad", type="http", delay_seconds=7,
+                       payload={"url": f"{receiver.url}/after-bad"})
+        assert valid["status"] == "SCHEDULED", valid
+        key = valid["id"].encode()
+        now = utcnow()
+        dispatch = encode_dispatch(DispatchMessage(
+            job_id=uuid.UUID(valid["id"]), token=1, name="x", type="noop", payload={},
+            execute_at=now, attempt=1, max_retries=0, timeout_seconds=5.0,
+        ))
+        update = encode_update(UpdateMessage(
+            job_id=uuid.UUID(valid["id"]), token=1, status="SUCCESS", attempt=1, at=now, executor="forged",
+        ))
         for topic, good in ((settings.topic_jobs, dispatch), (settings.topic_updates, update)):
             for kind, value in bad(good).items():
                 sent[(topic, kind)] = producer.send(topic, key=key, value=value)
@@ -415,10 +454,10 @@ def test_bad_messages_on_both_topics_are_dead_lettered_and_the_partition_flows(
     letters: list[dict] = []
 
     def dead_letters() -> bool:
-        letters[:] = [json.loads(r.value) for r in read_topic(settings, settings.topic_dlq, timeout=2)]
+        letters[:] = [json.loads(r.value) for r in read_to_end(settings.kafka_bootstrap, settings.topic_dlq)]
         return len([x for x in letters if x.get("source_topic")]) >= 8
 
-    wait_for(dead_letters, timeout=20, interval=0.5, what="8 dead letters")
+    wait_for(dead_letters, timeout=60, interval=0.5, what="8 dead letters")
     by_source = {}
     for letter in letters:
         if letter.get("source_topic"):
@@ -431,11 +470,11 @@ def test_bad_messages_on_both_topics_are_dead_lettered_and_the_partition_flows(
         assert all(x["job_id"] == valid["id"] for x in got)
         assert {x["offset"] for x in got} == {sent[(topic, k)].offset for k in ("malformed", "truncated", "wrong-version", "oversized")}
 
-    wait_for(lambda: job(system, valid["id"])["status"] == "SUCCESS", timeout=20, what="the valid job SUCCESS")
+    wait_for(lambda: job(system, valid["id"])["status"] == "SUCCESS", timeout=60, what="the valid job SUCCESS")
     assert calls_to(receiver, "/after-bad") == 1
     # The valid dispatch and its updates came after the bad messages, on the same partitions.
     for topic in (settings.topic_jobs, settings.topic_updates):
-        records = [r for r in read_topic(settings, topic, timeout=2) if r.key == key]
+        records = [r for r in read_to_end(settings.kafka_bootstrap, topic) if r.key == key]
         bad_offsets = {sent[(topic, k)].offset for k in ("malformed", "truncated", "wrong-version", "oversized")}
         good = [r for r in records if r.offset not in bad_offsets]
         assert good and all(r.partition == sent[(topic, "malformed")].partition for r in records)

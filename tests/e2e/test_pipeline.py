@@ -1,5 +1,9 @@
 """End to end: the four services as processes over the real PostgreSQL and tansu. Jobs are
-created through the HTTP API; an `http` receiver in this process logs every call it gets."""
+created through the HTTP API; an `http` receiver in this process logs every call it gets.
+
+On time means never early, and late by less than one scan window: a job dispatched when it
+should be fires within milliseconds, one that waited for anything periodic (the scanner's next
+window, a sweep, a lease) is late by about a window or more. The figures are printed."""
 
 from __future__ import annotations
 
@@ -80,7 +84,7 @@ def test_fifty_http_jobs_fire_on_time_once_each(system: System, receiver: Receiv
     p99 = lateness_ms[min(len(lateness_ms) - 1, int(len(lateness_ms) * 0.99))]
     print(f"\nlateness of 50 http jobs at the receiver: p50 {p50:.1f} ms, p99 {p99:.1f} ms, "
           f"max {lateness_ms[-1]:.1f} ms")
-    assert lateness_ms[-1] < 1000, "a job was late by a second or more"
+    assert lateness_ms[-1] < system.settings.scan_interval_seconds * 1000, "a job was late by a scan window or more"
 
 
 def test_failing_job_ends_failed_after_four_attempts(system: System) -> None:
@@ -97,11 +101,11 @@ def test_job_due_three_seconds_after_creation_fires_on_time(system: System, rece
     due = utcnow() + timedelta(seconds=3)
     job = create(system, name="soon", type="http", execute_at=due.isoformat(),
                  payload={"url": f"{receiver.url}/soon"})
-    wait_for(lambda: "/soon" in receiver.paths(), timeout=20, what="the call")
+    wait_for(lambda: "/soon" in receiver.paths(), timeout=30, what="the call")
     arrived = next(c.arrived for c in receiver.snapshot() if c.path == "/soon")
     late_ms = (arrived - parse(job["execute_at"])).total_seconds() * 1000
     print(f"\njob created 3 s before its time: late by {late_ms:.1f} ms")
-    assert 0 <= late_ms < 1000
+    assert 0 <= late_ms < system.settings.scan_interval_seconds * 1000
     wait_for(lambda: get(system, job["id"])["status"] == "SUCCESS", timeout=20, what="SUCCESS")
 
 
@@ -111,6 +115,8 @@ def test_cancelled_queued_job_never_runs(system: System, receiver: Receiver) -> 
     wait_for(lambda: get(system, job["id"])["status"] == "QUEUED", timeout=20, what="QUEUED")
     response = requests.delete(f"{system.base_url}/api/jobs/{job['id']}", timeout=10)
     assert response.status_code == 200 and response.json()["status"] == "CANCELLED"
+    # Not a wait for something: the job's time passes, and a call that must not happen gets
+    # 2 s more to arrive.
     time.sleep(max(0.0, (parse(job["execute_at"]) - utcnow()).total_seconds()) + 2)
     assert "/cancelled" not in receiver.paths()
     assert get(system, job["id"])["status"] == "CANCELLED"

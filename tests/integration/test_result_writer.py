@@ -18,15 +18,21 @@ from result_service.writer import ResultWriter
 from tests.helpers import add_job, get_job, read_topic, wait_for
 
 
+JOIN_TIMEOUT = 60.0  # a tansu group join takes ~5 s, 15 s and more on a loaded machine
+
+
 @pytest.fixture
 def writer(kafka_settings):
     stop = threading.Event()
     result_writer = ResultWriter(kafka_settings, stop)
     thread = threading.Thread(target=result_writer.run)
     thread.start()
-    yield result_writer
-    stop.set()
-    thread.join(20)
+    try:
+        wait_for(result_writer.loop.assigned.is_set, timeout=JOIN_TIMEOUT, what="the result writer to join its group")
+        yield result_writer
+    finally:
+        stop.set()
+        thread.join(30)
     assert not thread.is_alive()
 
 
@@ -91,7 +97,7 @@ def test_malformed_updates_go_to_the_dead_letter_topic_and_the_partition_flows(k
         producer.send_and_wait(kafka_settings.topic_updates, key, value)
     publish(kafka_settings, updates_for(job_id, token)[:1])
     wait_for(lambda: get_job(kafka_settings, job_id).status == "RUNNING", timeout=30, what="good update")
-    letters = [json.loads(r.value) for r in read_topic(kafka_settings, kafka_settings.topic_dlq, expect=3)]
+    letters = [json.loads(r.value) for r in read_topic(kafka_settings, kafka_settings.topic_dlq, expect=3, timeout=30)]
     reasons = sorted(letter["reason"] for letter in letters)
     assert len(letters) == 3
     assert any("not valid JSON" in r for r in reasons)

@@ -18,7 +18,7 @@ def test_scan_publishes_due_jobs_keyed_by_id(kafka_settings):
     later = add_job(kafka_settings, due_in=3600)
     result = Scanner(kafka_settings, threading.Event()).scan(utcnow())
     assert result.published == 6
-    records = read_topic(kafka_settings, kafka_settings.topic_jobs, expect=6)
+    records = read_topic(kafka_settings, kafka_settings.topic_jobs, expect=6, timeout=30)
     messages = [decode_dispatch(r.value) for r in records]
     assert {m.job_id for m in messages} == set(due) | {overdue}
     assert all(r.key == str(decode_dispatch(r.value).job_id).encode() for r in records)
@@ -54,14 +54,20 @@ def test_two_scanners_at_once_publish_each_job_once(kafka_settings):
     settings = replace(kafka_settings, scan_batch_size=10)
     now = utcnow()
     scanners = [Scanner(settings, threading.Event()) for _ in range(2)]
-    threads = [threading.Thread(target=s.scan, args=(now,)) for s in scanners]
+    together = threading.Barrier(2)  # both scan from the start, however slowly threads start
+
+    def scan(scanner: Scanner) -> None:
+        together.wait(30)
+        scanner.scan(now)
+
+    threads = [threading.Thread(target=scan, args=(s,)) for s in scanners]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     assert sum(s.totals.published for s in scanners) == 200
     assert all(s.totals.published > 0 for s in scanners)
-    messages = [decode_dispatch(r.value) for r in read_topic(settings, settings.topic_jobs, expect=200)]
+    messages = [decode_dispatch(r.value) for r in read_topic(settings, settings.topic_jobs, expect=200, timeout=30)]
     assert sorted(m.job_id for m in messages) == sorted(ids)
 
 
@@ -72,10 +78,10 @@ def test_run_loop_dispatches_a_job_created_later(kafka_settings):
     thread.start()
     try:
         job_id = add_job(kafka_settings, due_in=3)  # beyond nothing: the next wake picks it up
-        wait_for(lambda: get_job(kafka_settings, job_id).status == "QUEUED", timeout=10, what="dispatch")
+        wait_for(lambda: get_job(kafka_settings, job_id).status == "QUEUED", timeout=30, what="dispatch")
     finally:
         stop.set()
-        thread.join(10)
+        thread.join(30)
     assert not thread.is_alive()
     assert get_job(kafka_settings, job_id).execute_at - utcnow() < timedelta(seconds=3)
 
@@ -89,9 +95,15 @@ def test_producer_fails_fast_while_the_broker_is_known_to_be_down(settings):
     from common.infra.errors import BrokerUnavailable
 
     producer = Producer(replace(settings, kafka_bootstrap="127.0.0.1:1"))
+    started = time.monotonic()
     with pytest.raises(BrokerUnavailable):
         producer.send("t", b"k", b"v")  # the first try waits for the bootstrap timeout
+    first = time.monotonic() - started
     started = time.monotonic()
     with pytest.raises(BrokerUnavailable, match="retrying soon"):
         producer.send("t", b"k", b"v")
-    assert time.monotonic() - started < 0.5
+    again = time.monotonic() - started
+    print(f"\nsend to a down broker: first {first * 1000:.0f} ms, again {again * 1000:.1f} ms")
+    # Answered without trying to connect (the "retrying soon" above): well under the 3 s a
+    # connection attempt waits (the producer's bootstrap timeout), however loaded the machine.
+    assert again < 1.5

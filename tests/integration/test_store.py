@@ -35,8 +35,10 @@ def test_concurrent_claims_never_overlap(settings):
     ids = {add_job(settings, due_in=1) for _ in range(300)}
     now = utcnow()
     results: list[list] = [[] for _ in range(4)]
+    together = threading.Barrier(4)  # all four claim from the start, however slowly threads start
 
     def scanner(slot: int) -> None:
+        together.wait(30)
         while True:
             got = claim(settings, now, now + timedelta(seconds=60), limit=7).messages
             if not got:
