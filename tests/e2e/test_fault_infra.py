@@ -19,7 +19,7 @@ from urllib.parse import urlparse
 import pytest
 import requests
 import sqlalchemy as sa
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaProducer
 from sqlalchemy.engine import make_url
 
 from common.launch.broker import LocalBroker
@@ -32,7 +32,7 @@ from common.core.messages import (
 )
 from tests.conftest import PG_ADMIN_URL
 from tests.e2e.conftest import attempts, create, job
-from tests.helpers import wait_for
+from tests.helpers import read_to_end, wait_for
 from tests.processes import System
 from tests.receiver import Receiver
 
@@ -85,26 +85,6 @@ def lateness_ms(receiver: Receiver, jobs: list[dict], prefix: str) -> list[float
         if call.path.startswith(prefix) and call.path in due:
             result.append((call.arrived - due[call.path]).total_seconds() * 1000)
     return sorted(result)
-
-
-def read_to_end(bootstrap: str, topic: str, timeout: float = 30.0) -> list[Any]:
-    """Every record of ``topic`` up to its end offsets at the call (read without a group): a
-    slow fetch delays the answer but loses nothing."""
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    try:
-        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
-        consumer.assign(partitions)
-        consumer.seek_to_beginning(*partitions)
-        ends = consumer.end_offsets(partitions)
-        records: list[Any] = []
-        deadline = time.monotonic() + timeout
-        while any(consumer.position(tp) < ends[tp] for tp in partitions):
-            assert time.monotonic() < deadline, f"{topic} was not read to its end within {timeout}s"
-            for batch in consumer.poll(timeout_ms=500).values():
-                records.extend(batch)
-        return records
-    finally:
-        consumer.close()
 
 
 def calls_to(receiver: Receiver, path: str) -> int:

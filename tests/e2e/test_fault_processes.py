@@ -33,7 +33,7 @@ from common.core.messages import decode_dispatch
 from common.core.models import Job, JobAttempt
 from common.core.windows import needs_direct_dispatch
 from tests.e2e.conftest import attempts, create, job
-from tests.helpers import wait_for
+from tests.helpers import read_to_end, wait_for
 from tests.processes import System
 from tests.receiver import Receiver
 
@@ -144,26 +144,6 @@ def http_jobs(receiver: Receiver, tag: str, dues: list[datetime], **extra: Any) 
              payload={"url": f"{receiver.url}/{tag}/{i}"}, **extra)
         for i, due in enumerate(dues)
     ]
-
-
-def read_to_end(settings: Settings, topic: str, timeout: float = 30.0) -> list[Any]:
-    """Every record of ``topic`` up to its end offsets at the call (read without a group): a
-    slow fetch delays the answer but loses nothing."""
-    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False)
-    try:
-        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
-        consumer.assign(partitions)
-        consumer.seek_to_beginning(*partitions)
-        ends = consumer.end_offsets(partitions)
-        records: list[Any] = []
-        deadline = time.monotonic() + timeout
-        while any(consumer.position(tp) < ends[tp] for tp in partitions):
-            assert time.monotonic() < deadline, f"{topic} was not read to its end within {timeout}s"
-            for batch in consumer.poll(timeout_ms=500).values():
-                records.extend(batch)
-        return records
-    finally:
-        consumer.close()
 
 
 def group_caught_up(settings: Settings, group: str, topic: str) -> bool:
@@ -391,7 +371,7 @@ def test_two_scanners_one_killed_no_double_dispatch(make_system, receiver: Recei
     assert set(calls_by_key(receiver, hooks)) == {f"{i}:1" for i in ids}
 
     # Every dispatch the scanners published, by job: exactly one per job, with the job's token.
-    records = read_to_end(settings, settings.topic_jobs)
+    records = read_to_end(settings.kafka_bootstrap, settings.topic_jobs)
     published: dict[str, list[int]] = {}
     for record in records:
         message = decode_dispatch(record.value)
