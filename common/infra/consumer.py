@@ -62,7 +62,8 @@ def _settle_before_leaving(consumer: Any, timeout: float) -> bool:
             return False
         if stable():
             return True
-    log.warning("the group's rebalance did not finish within %.0fs; leaving it anyway", timeout)
+    log.warning("the group's rebalance did not finish within %.0fs; closing without leaving it "
+                "(the member expires after the session timeout)", timeout)
     return False
 
 
@@ -256,18 +257,20 @@ class ConsumerLoop(Generic[M]):
         return f"message at {record.topic}[{record.partition}]@{record.offset} (job {key})"
 
     def _close(self, consumer: Any, leave: bool = True) -> None:
-        if not leave:
-            # A fresh member: give up the old member id without a LeaveGroup in the middle of a
-            # join (see below); the coordinator expires it after the session timeout.
-            coordinator = getattr(consumer, "_coordinator", None)
-            if coordinator is not None and hasattr(coordinator, "reset_generation"):
-                coordinator.reset_generation()
-        elif self.stop.is_set():
+        if leave and self.stop.is_set():
             # Leave only outside a rebalance: a member that leaves while its JoinGroup is
             # pending may be elected leader and be gone before it sends the assignment. Kafka
             # then starts another rebalance; the tansu coordinator (0.6, the local and test
-            # broker) keeps the departed leader for good and the group never consumes again.
-            _settle_before_leaving(consumer, self.settings.kafka_session_timeout_ms / 1000)
+            # broker) keeps the departed leader for good and the group never consumes again
+            # (docs/tansu-group-wedge.md). A member whose session expires instead is handled
+            # by both, so when the rebalance does not settle in time we go without leaving.
+            leave = _settle_before_leaving(consumer, self.settings.kafka_session_timeout_ms / 1000)
+        if not leave:
+            # Give up the member id without a LeaveGroup; the coordinator expires it after
+            # the session timeout.
+            coordinator = getattr(consumer, "_coordinator", None)
+            if coordinator is not None and hasattr(coordinator, "reset_generation"):
+                coordinator.reset_generation()
         try:
             consumer.close(autocommit=False)
         except Exception as exc:  # noqa: BLE001 - a consumer of a dead broker may fail to close
