@@ -16,8 +16,8 @@ WORKDIR /src
 COPY . .
 # Runtime dependencies only: no [test] or [local] extras (no local broker in production).
 RUN /opt/venv/bin/pip install . \
- && /opt/venv/bin/python -c "import common.infra.migrate as m; \
-assert (m.MIGRATIONS / 'env.py').is_file(), 'common/infra/migrations/env.py is not in the installed package (setup.cfg package_data)'"
+ && /opt/venv/bin/python -c "import common.core.migrate as m; \
+assert (m.MIGRATIONS / 'env.py').is_file(), 'common/core/migrations/env.py is not in the installed package (setup.cfg package_data)'"
 
 # --- runtime: the venv, a non-root user, nothing else ---------------------------------------
 FROM python:3.11-slim

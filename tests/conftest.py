@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from common.launch.broker import LocalBroker
 from common.infra.config import PREFIX, Settings, load_settings
 from common.infra.db import dispose_engines, get_engine
-from common.infra.migrate import upgrade
+from common.core.migrate import upgrade
 
 IN_CI = bool(os.environ.get("CI"))
 PG_ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")

@@ -16,7 +16,8 @@ from common.core import store
 from common.infra.config import Settings
 from common.infra.db import session_scope
 from common.infra.kafka import Producer
-from common.core.messages import DeadLetter, encode_dispatch
+from common.core.messages import encode_dispatch
+from common.infra.deadletter import DeadLetter
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""The database schema: jobs and their attempt history. Migrations in ``common/infra/migrations``
+"""The database schema: jobs and their attempt history. Migrations in ``common/core/migrations``
 create exactly this; a test compares the two."""
 
 from __future__ import annotations

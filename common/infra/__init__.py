@@ -1,2 +1,3 @@
-"""The plumbing every service stands on: settings, database sessions and migrations, Kafka
-producers and the consumer loop, retries, clocks, errors, logging, health and clean stops."""
+"""The plumbing every service stands on: settings, database sessions, Kafka producers, the
+consumer loop and the dead-letter format, retries, clocks, errors, logging, health and clean stops.
+It imports nothing of the job core."""

@@ -18,7 +18,7 @@ import threading
 import time
 from typing import Any, Callable, Generic, Sequence, TypeVar
 
-from common.core.messages import DeadLetter
+from common.infra.deadletter import DeadLetter
 from common.infra.config import Settings
 from common.infra.errors import BrokerUnavailable, MessageError
 from common.infra.health import GroupHealth

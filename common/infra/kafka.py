@@ -14,7 +14,7 @@ from kafka.errors import KafkaError, TopicAlreadyExistsError, UnknownProducerIdE
 
 from common.infra.config import Settings
 from common.infra.errors import BrokerUnavailable
-from common.core.messages import DeadLetter
+from common.infra.deadletter import DeadLetter
 
 log = logging.getLogger(__name__)
 

@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
 
             return run_local(settings, port=args.port, home=args.home, executors=args.executors)
         if args.command == "migrate":
-            from common.infra.migrate import upgrade
+            from common.core.migrate import upgrade
 
             upgrade(settings)
         elif args.command == "topics":

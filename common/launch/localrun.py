@@ -21,7 +21,7 @@ from common.launch.broker import LocalBroker, free_port
 from common.infra.config import Settings
 from common.infra.kafka import ensure_topics
 from common.infra.lifecycle import EXIT_OK, on_stop
-from common.infra.migrate import upgrade
+from common.core.migrate import upgrade
 
 log = logging.getLogger("chronoq.up")
 

@@ -10,7 +10,7 @@ from alembic.migration import MigrationContext
 
 from common.infra.config import load_settings
 from common.infra.db import build_engine, get_engine
-from common.infra.migrate import upgrade
+from common.core.migrate import upgrade
 from common.core.models import Base
 
 

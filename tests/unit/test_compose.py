@@ -195,12 +195,12 @@ def test_console_script_is_declared() -> None:
 
 def test_migrations_ship_in_the_package() -> None:
     """`chronoq migrate` in the image runs from the installed wheel, not from a checkout: every
-    file Alembic needs under common/infra/migrations must be matched by setup.cfg's package_data."""
+    file Alembic needs under common/core/migrations must be matched by setup.cfg's package_data."""
     cfg = configparser.ConfigParser()
     cfg.read(ROOT / "setup.cfg")
-    patterns = cfg["options.package_data"]["common.infra"].replace("\n", ",").split(",")
+    patterns = cfg["options.package_data"]["common.core"].replace("\n", ",").split(",")
     patterns = [p.strip() for p in patterns if p.strip()]
-    common = ROOT / "common" / "infra"
+    common = ROOT / "common" / "core"
     shipped = {path for pattern in patterns for path in common.glob(pattern)}  # no `**`: like setuptools
     missing = [
         str(path.relative_to(common))

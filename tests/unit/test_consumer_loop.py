@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from common.core.messages import DeadLetter
+from common.infra.deadletter import DeadLetter
 from common.infra.config import load_settings
 from common.infra.consumer import POISON_TRIES, ConsumerLoop
 from common.infra.errors import MessageError

@@ -4,9 +4,9 @@ from datetime import datetime, timezone
 
 import pytest
 
+from common.infra.deadletter import DeadLetter
 from common.infra.errors import MessageError
 from common.core.messages import (
-    DeadLetter,
     DispatchMessage,
     UpdateMessage,
     decode_dispatch,

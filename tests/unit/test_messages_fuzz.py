@@ -12,7 +12,6 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from common.core.messages import (
-    DeadLetter,
     DispatchMessage,
     UpdateMessage,
     decode_dispatch,
@@ -21,6 +20,7 @@ from common.core.messages import (
     encode_update,
 )
 from common.core.states import REPORTABLE
+from common.infra.deadletter import DeadLetter
 from common.infra.errors import MessageError
 
 FUZZ = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
