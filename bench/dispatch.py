@@ -24,7 +24,7 @@ from common.infra.config import load_settings
 from common.infra.db import dispose_engines, get_engine, session_scope
 from common.infra.kafka import ensure_topics
 from common.core.messages import UpdateMessage
-from common.infra.migrate import upgrade
+from common.core.migrate import upgrade
 from common.core.models import Job
 from scheduler_service.scanner import Scanner
 
