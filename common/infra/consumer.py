@@ -257,14 +257,18 @@ class ConsumerLoop(Generic[M]):
         return f"message at {record.topic}[{record.partition}]@{record.offset} (job {key})"
 
     def _close(self, consumer: Any, leave: bool = True) -> None:
-        if leave and self.stop.is_set():
+        if leave:
             # Leave only outside a rebalance: a member that leaves while its JoinGroup is
             # pending may be elected leader and be gone before it sends the assignment. Kafka
             # then starts another rebalance; the tansu coordinator (0.6, the local and test
             # broker) keeps the departed leader for good and the group never consumes again
             # (docs/tansu-group-wedge.md). A member whose session expires instead is handled
-            # by both, so when the rebalance does not settle in time we go without leaving.
-            leave = _settle_before_leaving(consumer, self.settings.kafka_session_timeout_ms / 1000)
+            # by both: on a clean stop we wait for the rebalance to settle, on an error we
+            # leave only if the membership is stable now, and otherwise go without leaving.
+            if self.stop.is_set():
+                leave = _settle_before_leaving(consumer, self.settings.kafka_session_timeout_ms / 1000)
+            else:
+                leave = _joined(consumer)
         if not leave:
             # Give up the member id without a LeaveGroup; the coordinator expires it after
             # the session timeout.
