@@ -19,7 +19,8 @@ from common.infra.errors import DatabaseUnavailable, JobTypeError
 from common.infra.retry import FIRE_PATH, GaveUp, retry
 from common.core.jobtypes import load_payload
 from common.infra.kafka import Producer
-from common.core.messages import DeadLetter, DispatchMessage, UpdateMessage
+from common.core.messages import DispatchMessage, UpdateMessage
+from common.infra.deadletter import DeadLetter
 from common.core.states import JobStatus
 
 from executor_service.context import HandlerContext, PermanentFailure
