@@ -86,10 +86,14 @@ def _claim_rows(session: Session, jobs: list[Job], now: datetime, lease: float) 
     return claimed
 
 
+#: How a lost attempt's history row begins; an end reported later keeps it (see _record_attempt).
+LOST = "lost: "
+
+
 def _mark_lost(session: Session, job: Job, now: datetime) -> None:
-    """The history row of a running attempt whose executor went silent: FAILED as lost."""
-    job.lost_attempts = (job.lost_attempts or 0) + 1
-    session.execute(
+    """The history row of a running attempt whose executor went silent: FAILED as lost. Only
+    an attempt really marked counts as lost (its re-run then keeps its idempotency key)."""
+    marked = session.execute(
         update(JobAttempt)
         .where(
             JobAttempt.job_id == job.id,
@@ -99,9 +103,11 @@ def _mark_lost(session: Session, job: Job, now: datetime) -> None:
         .values(
             status=JobStatus.FAILED.value,
             finished_at=now,
-            error=f"lost: no word from executor {job.executor} before its lease ran out",
+            error=f"{LOST}no word from executor {job.executor} before its lease ran out",
         )
     )
+    if marked.rowcount:
+        job.lost_attempts = (job.lost_attempts or 0) + 1
 
 
 def claim_due(
@@ -347,6 +353,7 @@ def _record_attempt(
         rows[(message.job_id, message.attempt)] = row
     elif row.status != JobStatus.RUNNING.value and outcome == JobStatus.RUNNING.value:
         return  # the attempt already ended; a late RUNNING changes nothing
+    presumed_lost = row.error if (row.error or "").startswith(LOST) else None
     row.status = outcome
     row.dispatch_token = message.token
     row.executor = message.executor
@@ -355,3 +362,7 @@ def _record_attempt(
         row.finished_at = message.finished_at or message.at
         row.output = message.output
         row.error = message.error
+        if presumed_lost:
+            # Its executor was alive after all, but silent past the lease: the job was already
+            # re-run with the same idempotency key. Keep both facts in the history.
+            row.error = f"{presumed_lost}; it ended {outcome} later" + (f": {message.error}" if message.error else "")

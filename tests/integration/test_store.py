@@ -172,3 +172,35 @@ def test_scanner_queries_use_their_partial_indexes(settings):
     assert "ix_jobs_due" in plans[0], plans[0]
     assert "ix_jobs_lease" in plans[1], plans[1]
     assert all("Seq Scan" not in plan for plan in plans), plans
+
+
+def test_a_lost_attempt_that_reports_its_end_later_keeps_the_lost_mark(settings):
+    """An executor silent past its lease but alive: its attempt is marked lost and re-run with
+    the same idempotency key; its late SUCCESS is recorded without erasing why it was re-run."""
+    job_id = add_job(settings, due_in=0)
+    now = utcnow()
+    first = claim(settings, now, now + timedelta(seconds=5)).messages[0]
+    with session_scope(settings) as session:
+        assert store.claim_start(session, first, executor="slow", now=now, lease=10)
+    later = now + timedelta(seconds=11)
+    rerun = claim(settings, later, later).messages[0]
+    assert rerun.attempt == 2 and rerun.idempotency_key == first.idempotency_key
+    with session_scope(settings) as session:
+        store.apply_updates(session, [update(job_id, first.token, "SUCCESS", 1, finished_at=later)], lease=10)
+        rows = session.query(JobAttempt).filter_by(job_id=job_id).order_by(JobAttempt.attempt).all()
+        assert [(r.attempt, r.status) for r in rows] == [(1, "SUCCESS")]
+        assert rows[0].error.startswith("lost: no word from executor slow") and "ended SUCCESS later" in rows[0].error
+    assert get_job(settings, job_id).status == "QUEUED"  # the stale token moves nothing of the job
+
+
+def test_an_attempt_not_running_is_not_counted_lost(settings):
+    job_id = add_job(settings, due_in=0)
+    now = utcnow()
+    first = claim(settings, now, now + timedelta(seconds=5)).messages[0]
+    with session_scope(settings) as session:
+        assert store.claim_start(session, first, executor="e", now=now, lease=10)
+        # The attempt's row already ended (its update came), the job row did not follow.
+        session.query(JobAttempt).filter_by(job_id=job_id).update({"status": "SUCCESS"})
+    later = now + timedelta(seconds=11)
+    rerun = claim(settings, later, later).messages[0]
+    assert rerun.idempotency_key != first.idempotency_key and get_job(settings, job_id).lost_attempts == 0
