@@ -1,5 +1,6 @@
 """Creating a job: the idempotent insert, then the direct dispatch of a job due too soon for
-the scanner (DESIGN invariant 4)."""
+the scanner (on time even when created seconds before it is due; README, "What chronoq
+guarantees")."""
 
 from __future__ import annotations
 

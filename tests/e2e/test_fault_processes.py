@@ -1,6 +1,6 @@
 """Process faults, end to end: the four services run as processes over the real PostgreSQL and
 tansu, and each test breaks one of them the way production would (SIGKILL = a crash, SIGTERM =
-a deploy). Each test checks the invariants of /work/shared/DESIGN.md that the fault threatens
+a deploy). Each test checks the guarantees (README, "What chronoq guarantees") that the fault threatens
 — no job lost, no double start, on time (or late by a bound the settings justify), updates
 idempotent — and prints its figures (``pytest -s`` shows them).
 

@@ -1,4 +1,4 @@
-"""The HTTP API against bad input (DESIGN invariant 7: bad input gets a clear error and changes
+"""The HTTP API against bad input (README, "What chronoq guarantees": bad input gets a clear error and changes
 nothing).
 
 Two parts: schemathesis fuzzes every operation of the API's own OpenAPI document (valid and
