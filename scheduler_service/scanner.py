@@ -101,7 +101,7 @@ class Scanner:
             "scanner started: window %.0fs, sweep every %.0fs, lease %.0fs",
             interval, self.settings.sweep_interval_seconds, self.settings.lease_seconds,
         )
-        last_ok = last_sweep
+        self._last_ok = last_sweep
         while not self.stop.is_set():
             now = self.clock()
             started = time.monotonic()
@@ -110,11 +110,11 @@ class Scanner:
             except (DatabaseUnavailable, BrokerUnavailable) as exc:
                 if isinstance(exc, DatabaseUnavailable) and self._down_since is None:
                     # Nobody could extend a lease since the last scan that reached the database.
-                    self._down_since = last_ok
+                    self._down_since = self._last_ok
                     self._grace_until = None
                 pacer.failed(f"scan failed: {exc}")
                 continue
-            last_ok = self._last_ok = now
+            self._last_ok = now
             pacer.succeeded()
             if self._down_since is not None and self._grace_until is None:
                 self._grace_until = now + timedelta(seconds=self.settings.lease_seconds)
