@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-
 from flask import Flask, Response, request
 
 import common
 from common.infra.config import Settings, load_settings
 
-from api import health, jobs
+from api import health, jobs, publish
 from api.context import EXTENSION, Runtime, runtime
+from api.encoding import OrjsonProvider
 from api.errors import ChronoqApi, register_error_handlers
 
 SWAGGER_UI_CDN = "https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/"
@@ -30,7 +30,9 @@ def create_app(settings: Settings | None = None) -> Flask:
         OPENAPI_SWAGGER_UI_PATH="/docs",
         OPENAPI_SWAGGER_UI_URL=SWAGGER_UI_CDN,
     )
-    app.extensions[EXTENSION] = Runtime(settings)
+    app.json = OrjsonProvider(app)
+    rt = app.extensions[EXTENSION] = Runtime(settings)
+    publish.install(app, rt)
     api = ChronoqApi(app, spec_kwargs={"info": {"description": "Run jobs at an exact future time."}})
     register_error_handlers(app, api)
     api.register_blueprint(jobs.blp)

@@ -10,7 +10,7 @@ from datetime import datetime
 
 from flask import current_app, g, has_app_context
 
-from common.infra.clock import utcnow
+from common.infra import clock
 from common.infra.config import Settings
 from common.infra.kafka import Producer
 
@@ -65,7 +65,7 @@ def current_settings() -> Settings:
 def request_now() -> datetime:
     """The clock, read once per request (schemas and views share it); outside a request, now."""
     if not has_app_context():
-        return utcnow()
+        return clock.utcnow()
     if "chronoq_now" not in g:
-        g.chronoq_now = utcnow()
+        g.chronoq_now = clock.utcnow()
     return g.chronoq_now

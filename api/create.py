@@ -1,6 +1,10 @@
-"""Creating a job: the idempotent insert, then the direct dispatch of a job due too soon for
-the scanner (on time even when created seconds before it is due; README, "What chronoq
-guarantees")."""
+"""Creating jobs, one at a time or in batches: the idempotent, set-based insert, and the direct
+dispatch of jobs due too soon for the scanner (on time even when created seconds before they are
+due; README, "What chronoq guarantees").
+
+A job due before the scanner's next horizon is stored already claimed (QUEUED, leased) in the
+same transaction as its insert, then published after the commit; whatever Kafka does not take is
+handed back to the scanner (:mod:`api.publish`)."""
 
 from __future__ import annotations
 
@@ -8,24 +12,33 @@ import hashlib
 import json
 import logging
 import uuid
+from collections import Counter
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Iterable
 
+from marshmallow import ValidationError
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from common.infra.clock import ensure_aware
-from common.infra.db import session_scope
-from common.core.dispatch import dispatch_ids
-from common.infra.errors import BrokerUnavailable, DatabaseUnavailable
+from common.core import store
 from common.core.models import Job
 from common.core.states import JobStatus
 from common.core.windows import needs_direct_dispatch
+from common.infra.clock import isoformat
+from common.infra.db import session_scope
+from common.infra.errors import DatabaseUnavailable
 
 from api.context import Runtime
 from api.errors import IdempotencyConflict
+from api.publish import publisher
+from api.schemas import BatchJobSchema
 
 log = logging.getLogger(__name__)
+
+#: How often a batch is tried again after a concurrent request stored one of its idempotency
+#: keys between the batch's lookup and its insert (each try sees more of them).
+KEY_RACE_TRIES = 3
 
 
 def request_hash(body: Any) -> str:
@@ -35,27 +48,43 @@ def request_hash(body: Any) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+def _new_job(fields: dict[str, Any], idempotency_key: str | None, body_hash: str | None) -> dict[str, Any]:
+    return {
+        "id": uuid.uuid4(), "idempotency_key": idempotency_key,
+        "request_hash": body_hash if idempotency_key else None, **fields,
+    }
+
+
+def _store(rt: Runtime, session: Any, jobs: list[dict[str, Any]], now: datetime) -> list[Any]:
+    """Insert ``jobs``, those due before the scanner's next horizon already claimed."""
+    interval = rt.settings.scan_interval_seconds
+    claim = [needs_direct_dispatch(job["execute_at"], now, interval) for job in jobs]
+    return store.add_jobs(session, jobs, claim=claim, now=now, lease=rt.settings.lease_seconds)
+
+
+@dataclass(frozen=True)
+class Created:
+    """A create's outcome: the job to show (a stored row or a :class:`Job`) and whether it is new."""
+
+    job: Any
+    id: uuid.UUID
+    new: bool
+
+
 def create_job(
-    rt: Runtime, fields: dict[str, Any], *, now: datetime, idempotency_key: str | None, body_hash: str
-) -> tuple[Job, bool]:
-    """Store a job from validated ``fields``; returns it and whether it is new. With an
-    ``idempotency_key`` already used for the same body, the first job is returned instead;
-    for a different body, :class:`IdempotencyConflict`."""
+    rt: Runtime, fields: dict[str, Any], *, now: datetime, idempotency_key: str | None, body_hash: str | None
+) -> Created:
+    """Store a job from validated ``fields`` and dispatch it if it is due soon. With an
+    ``idempotency_key`` already used for the same body the first job is returned instead; for
+    a different body, :class:`IdempotencyConflict`."""
     settings = rt.settings
-    job = Job(
-        id=uuid.uuid4(),
-        status=JobStatus.SCHEDULED.value,
-        created_at=now,
-        updated_at=now,
-        idempotency_key=idempotency_key,
-        request_hash=body_hash if idempotency_key else None,
-        **fields,
-    )
+    job = _new_job(fields, idempotency_key, body_hash)
+    messages: list[Any] = []
     try:
         with session_scope(settings) as session:
             existing = _by_key(session, idempotency_key) if idempotency_key else None
             if existing is None:
-                session.add(job)
+                messages = _store(rt, session, [job], now)
     except IntegrityError:
         # Two identical requests raced past the lookup; the unique key let one insert win.
         if not idempotency_key:
@@ -66,47 +95,140 @@ def create_job(
             raise
     if existing is not None:
         if existing.request_hash != body_hash:
-            raise IdempotencyConflict(
-                f"Idempotency-Key {idempotency_key!r} was already used with a different request body "
-                f"(job {existing.id}); use a new key for a new job"
-            )
-        return existing, False
-    rt.metrics.jobs_created.labels(job.type).inc()
-    log.info("job %s created: %s %r due %s", job.id, job.type, job.name, job.execute_at.isoformat())
-    return job, True
+            raise IdempotencyConflict(_conflict(idempotency_key, existing.id, "request body"))
+        return Created(existing, existing.id, False)
+    rt.metrics.jobs_created.labels(job["type"]).inc()
+    log.debug("job %s created: %s %r due %s", job["id"], job["type"], job["name"], job["execute_at"])
+    if messages and publisher().publish(messages):
+        return Created(_reread(rt, job), job["id"], True)
+    return Created(job, job["id"], True)
+
+
+def _conflict(key: str | None, job_id: uuid.UUID, what: str) -> str:
+    return (f"Idempotency-Key {key!r} was already used with a different {what} (job {job_id}); "
+            "use a new key for a new job")
 
 
 def _by_key(session: Any, key: str) -> Job | None:
     return session.scalar(select(Job).where(Job.idempotency_key == key))
 
 
-def dispatch_if_due(rt: Runtime, job: Job, *, now: datetime) -> Job:
-    """Publish ``job`` now when the scanner may already have passed over its window, and
-    return it as it is afterwards. A failure leaves it SCHEDULED for the next scan, so it is
-    logged, never raised: the job is stored and the client must hear so."""
-    settings = rt.settings
-    if job.status != JobStatus.SCHEDULED.value or not needs_direct_dispatch(
-        ensure_aware(job.execute_at), now, settings.scan_interval_seconds
-    ):
-        return job
+def _reread(rt: Runtime, job: dict[str, Any]) -> Any:
+    """The job as stored now (its dispatch was handed back), or as inserted if the database
+    cannot say."""
     try:
-        result = dispatch_ids(settings, rt.producer(), [job.id], now=now)
-    except (BrokerUnavailable, DatabaseUnavailable) as exc:
-        rt.metrics.direct_dispatches.labels("failed").inc()
-        log.warning("job %s: direct dispatch failed (%s); it stays SCHEDULED for the scanner", job.id, exc)
-        return job
-    except Exception:  # noqa: BLE001 - the job is committed; a 500 now would invite a duplicate
-        rt.metrics.direct_dispatches.labels("failed").inc()
-        log.exception("job %s: direct dispatch failed; it stays SCHEDULED for the scanner", job.id)
-        return job
-    if result.published:
-        rt.metrics.direct_dispatches.labels("published").inc()
-    else:
-        rt.metrics.direct_dispatches.labels("unpublished").inc()
-        log.warning("job %s: Kafka did not acknowledge its direct dispatch; it stays SCHEDULED for the scanner", job.id)
-    try:
-        with session_scope(settings) as session:
-            return session.get(Job, job.id) or job
+        with session_scope(rt.settings) as session:
+            return session.get(Job, job["id"]) or job
     except DatabaseUnavailable as exc:
-        log.warning("job %s: could not re-read it after its direct dispatch: %s", job.id, exc)
+        log.warning("job %s: could not re-read it after its direct dispatch: %s", job["id"], exc)
         return job
+
+
+# --- batches ------------------------------------------------------------------------------
+
+
+@dataclass
+class _Answer:
+    code: int
+    job: dict[str, Any] | None = None  # the job of a 200 or 201, as stored
+    errors: dict[str, Any] | None = None
+
+
+def create_batch(rt: Runtime, items: list[Any], *, now: datetime) -> dict[str, Any]:
+    """Create the valid ``items`` (each checked like a single create, with an optional
+    ``idempotency_key``) in one transaction, dispatch those due soon, and answer per item in
+    request order: ``{"created", "existing", "failed", "items": [{"index", "code", "job" |
+    "errors"}]}``."""
+    # Given the settings, not finding them in the app for every rule of every item.
+    schema = BatchJobSchema(settings=rt.settings)
+    answers: list[_Answer | None] = [None] * len(items)
+    pending: list[tuple[int, dict[str, Any]]] = []
+    for index, item in enumerate(items):
+        try:
+            fields = schema.load(item)
+        except ValidationError as exc:
+            errors = exc.messages if isinstance(exc.messages, dict) else {"_schema": exc.messages}
+            answers[index] = _Answer(422, errors=errors)
+            continue
+        key = fields.pop("idempotency_key", None)
+        # Hashed without its key, like a single create's body: the same job sent either way
+        # with the same key is one job.
+        body_hash = request_hash({k: v for k, v in item.items() if k != "idempotency_key"}) if key else None
+        pending.append((index, _new_job(fields, key, body_hash)))
+
+    keys = {job["idempotency_key"] for _, job in pending if job["idempotency_key"]}
+    fresh: list[dict[str, Any]] = []
+    messages: list[Any] = []
+    for attempt in range(1, KEY_RACE_TRIES + 1):
+        try:
+            with session_scope(rt.settings) as session:
+                found = _by_keys(session, keys)
+                fresh = _resolve_keys(pending, found, answers)
+                messages = _store(rt, session, fresh, now)
+            break
+        except IntegrityError:
+            if not keys or attempt == KEY_RACE_TRIES:
+                raise
+            log.info("batch: a concurrent request stored one of its idempotency keys; looking them up again")
+
+    if messages:
+        put_back = publisher().publish_and_wait(messages)
+        for job in fresh:
+            if job["id"] in put_back:
+                job.update(status=JobStatus.SCHEDULED.value, lease_until=None)
+    for job_type, count in Counter(job["type"] for job in fresh).items():
+        rt.metrics.jobs_created.labels(job_type).inc(count)
+    log.debug("batch of %d: %d created (%d due soon)", len(items), len(fresh), len(messages))
+    return _batch_result(answers)
+
+
+def _by_keys(session: Any, keys: set[str]) -> dict[str, Any]:
+    """The stored jobs of these idempotency keys: key → (id, request_hash, status, execute_at)."""
+    if not keys:
+        return {}
+    query = select(Job.idempotency_key, Job.id, Job.request_hash, Job.status, Job.execute_at)
+    return {row.idempotency_key: row for row in session.execute(query.where(Job.idempotency_key.in_(keys)))}
+
+
+def _resolve_keys(
+    pending: Iterable[tuple[int, dict[str, Any]]], found: dict[str, Any], answers: list[_Answer | None]
+) -> list[dict[str, Any]]:
+    """Answer the items whose idempotency key is taken (by a stored job, or by an earlier item
+    of this batch) and return the jobs to insert."""
+    fresh: list[dict[str, Any]] = []
+    first: dict[str, dict[str, Any]] = {}
+    for index, job in pending:
+        key = job["idempotency_key"]
+        earlier = found.get(key) if key else None
+        if earlier is not None:
+            earlier_job = {"id": earlier.id, "status": earlier.status, "execute_at": earlier.execute_at}
+            answers[index] = _repeat(key, job, earlier.request_hash, earlier_job)
+        elif key in first:
+            answers[index] = _repeat(key, job, first[key]["request_hash"], first[key])
+        else:
+            if key:
+                first[key] = job
+            answers[index] = _Answer(201, job=job)
+            fresh.append(job)
+    return fresh
+
+
+def _repeat(key: str, job: dict[str, Any], earlier_hash: str | None, earlier: dict[str, Any]) -> _Answer:
+    if earlier_hash == job["request_hash"]:
+        return _Answer(200, job=earlier)
+    return _Answer(409, errors={"idempotency_key": [_conflict(key, earlier["id"], "job")]})
+
+
+def _batch_result(answers: list[_Answer | None]) -> dict[str, Any]:
+    items: list[dict[str, Any]] = []
+    codes: Counter[int] = Counter()
+    for index, answer in enumerate(answers):
+        assert answer is not None  # every item was answered above
+        codes[answer.code] += 1
+        if answer.job is not None:
+            job = answer.job
+            ref = {"id": job["id"], "status": job["status"], "execute_at": isoformat(job["execute_at"])}
+            items.append({"index": index, "code": answer.code, "job": ref})
+        else:
+            items.append({"index": index, "code": answer.code, "errors": answer.errors})
+    return {"created": codes[201], "existing": codes[200], "failed": codes[409] + codes[422], "items": items}

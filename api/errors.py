@@ -61,6 +61,8 @@ def register_error_handlers(app: Flask, api: ChronoqApi) -> None:
     max_bytes = app.config["MAX_CONTENT_LENGTH"]
 
     def too_large(error: HTTPException) -> Any:
+        if getattr(error, "data", None):  # an abort(413, ...) of a view says what was too large itself
+            return api.handle_http_exception(error)
         return api.handle_http_exception(
             http_error(413, f"The request body is larger than {max_bytes} bytes (CHRONOQ_MAX_REQUEST_BYTES).")
         )

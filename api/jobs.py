@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from flask import request, url_for
+from flask import jsonify, request, url_for
 from flask.views import MethodView
 from flask_smorest import Blueprint, abort
 
@@ -16,13 +16,16 @@ from common.core.states import JobStatus
 
 from api import queries
 from api.context import request_now, runtime
-from api.create import create_job, dispatch_if_due, request_hash
+from api.create import create_batch, create_job, request_hash
 from api.errors import JobNotCancellable
 from api.parsing import JsonParser
 from api.schemas import (
     AttemptListSchema,
     Cursor,
+    MAX_BATCH_JOBS,
     IdempotencyHeaderSchema,
+    JobBatchResultSchema,
+    JobBatchSchema,
     JobCreateSchema,
     JobPageSchema,
     JobQuerySchema,
@@ -56,7 +59,8 @@ def _location(job_id: uuid.UUID) -> dict[str, str]:
 
 @blp.route("")
 class JobsView(MethodView):
-    @blp.arguments(JobQuerySchema, location="query", as_kwargs=True)
+    # Schema instances, not classes: webargs would build a new schema for every request.
+    @blp.arguments(JobQuerySchema(), location="query", as_kwargs=True)
     @blp.response(200, JobPageSchema)
     def get(self, limit: int, cursor: Cursor | None = None, status: list[str] | None = None,
             **where: Any) -> dict[str, Any]:
@@ -69,26 +73,48 @@ class JobsView(MethodView):
             items, next_cursor = queries.list_jobs(session, filters, limit=limit, after=cursor)
         return {"items": items, "next_cursor": next_cursor.encode() if next_cursor else None}
 
-    @blp.arguments(IdempotencyHeaderSchema, location="headers", as_kwargs=True)
-    @blp.arguments(JobCreateSchema)
+    @blp.arguments(IdempotencyHeaderSchema(), location="headers", as_kwargs=True)
+    @blp.arguments(JobCreateSchema())
     @blp.response(201, JobSchema, headers={"Location": {"description": "URL of the job", "schema": {"type": "string"}}})
     @blp.alt_response(200, schema=JobSchema, description="A repeat of an earlier request with the same Idempotency-Key.")
     def post(self, fields: dict[str, Any], idempotency_key: str | None = None) -> Any:
         """Create a job.
 
         Give exactly one of execute_at (with an offset) and delay_seconds. A job due before the
-        scanner's next pass is dispatched at once; if Kafka is unreachable it stays SCHEDULED
-        and the scanner dispatches it. With an Idempotency-Key, repeating the same request
-        returns the first job with 200; the same key with another body is a 422.
+        scanner's next pass is stored QUEUED and published at once, without waiting for Kafka's
+        acknowledgement; if Kafka is unreachable or does not acknowledge it, it goes back to
+        SCHEDULED and the scanner dispatches it. With an Idempotency-Key, repeating the same
+        request returns the first job with 200; the same key with another body is a 422.
         """
-        rt = runtime()
-        now = request_now()
-        job, created = create_job(
-            rt, fields, now=now, idempotency_key=idempotency_key, body_hash=request_hash(request.get_json())
-        )
-        if not created:
-            return job, 200, _location(job.id)
-        return dispatch_if_due(rt, job, now=now), 201, _location(job.id)
+        body_hash = request_hash(request.get_json()) if idempotency_key else None
+        result = create_job(runtime(), fields, now=request_now(), idempotency_key=idempotency_key, body_hash=body_hash)
+        return result.job, 201 if result.new else 200, _location(result.id)
+
+
+@blp.route("/batch")
+class JobBatchView(MethodView):
+    @blp.arguments(JobBatchSchema())
+    @blp.response(200, JobBatchResultSchema)
+    @blp.alt_response(413, description=f"More than {MAX_BATCH_JOBS:,} jobs (or a body over "
+                                        "CHRONOQ_MAX_REQUEST_BYTES).", success=False)
+    def post(self, args: dict[str, Any]) -> Any:
+        """Create up to 10,000 jobs in one request.
+
+        Each job has the fields of a single create and an optional ``idempotency_key`` of its
+        own, and is checked on its own: the answer (200 whenever the request itself is
+        well-formed) has one item per job, in request order, with a code: 201 created, 200 an
+        earlier job with the same key and fields, 409 the key was used for another job, 422
+        invalid (``errors`` names each field). The jobs that pass are stored in one
+        transaction; those due before the scanner's next pass are dispatched at once (QUEUED),
+        or stay SCHEDULED for the scanner if Kafka does not take them.
+        """
+        jobs = args["jobs"]
+        if len(jobs) > MAX_BATCH_JOBS:
+            abort(413, message=f"At most {MAX_BATCH_JOBS:,} jobs per request.",
+                  errors={"json": {"jobs": [f"has {len(jobs):,} jobs; send at most {MAX_BATCH_JOBS:,} per request"]}})
+        # Built ready to send: dumping 10,000 items through the schema (which documents them)
+        # would cost more than storing them.
+        return jsonify(create_batch(runtime(), jobs, now=request_now()))
 
 
 @blp.route("/stats")

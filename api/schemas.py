@@ -217,6 +217,71 @@ class IdempotencyHeaderSchema(Schema):
     )
 
 
+MAX_BATCH_JOBS = 10_000
+
+
+class BatchJobSchema(JobCreateSchema):
+    """One job of a batch: the fields of a single create, plus its own idempotency key."""
+
+    idempotency_key = Text(
+        validate=validate.Length(min=1, max=200),
+        metadata={"description": "As the Idempotency-Key header of a single create: the same key and job "
+                                 "return the first job (code 200); the same key with another job is a 409."},
+    )
+
+
+class RawItems(fields.List):
+    """A JSON array whose items are left as they are, for the view to check one by one (each
+    item gets its own answer); documented as an array of ``inner``."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> list[Any]:
+        if not isinstance(value, list):
+            raise self.make_error("invalid")
+        return value
+
+
+class JobBatchSchema(Schema):
+    """Jobs to create in one request."""
+
+    jobs = RawItems(
+        fields.Nested(BatchJobSchema), required=True,
+        metadata={"description": f"At most {MAX_BATCH_JOBS:,} jobs; each is checked like a single create "
+                                 "and answered on its own.", "maxItems": MAX_BATCH_JOBS},
+    )
+
+
+class BatchJobRefSchema(Schema):
+    """The job an item created or found: see GET /api/jobs/{id} for the rest."""
+
+    id = fields.UUID()
+    status = fields.String(metadata={"enum": list(STATUSES)})
+    execute_at = UtcDateTime()
+
+
+class BatchItemSchema(Schema):
+    """The answer for one job of a batch, in request order."""
+
+    index = fields.Integer(metadata={"description": "Position of the job in the request."})
+    code = fields.Integer(metadata={
+        "enum": [200, 201, 409, 422],
+        "description": "201 created; 200 an earlier job with this idempotency_key and the same fields; "
+                       "409 the idempotency_key was used for another job; 422 invalid, see errors.",
+    })
+    job = fields.Nested(BatchJobRefSchema, metadata={"description": "With 200 and 201."})
+    errors = fields.Dict(
+        keys=fields.String(), metadata={"description": "With 409 and 422: each field and what is wrong with it."}
+    )
+
+
+class JobBatchResultSchema(Schema):
+    """What a batch did: counts, and one item per job of the request."""
+
+    created = fields.Integer(metadata={"description": "Items with code 201."})
+    existing = fields.Integer(metadata={"description": "Items with code 200 (idempotent repeats)."})
+    failed = fields.Integer(metadata={"description": "Items with code 409 or 422: nothing stored for them."})
+    items = fields.List(fields.Nested(BatchItemSchema))
+
+
 class StatusList(fields.List):
     """Job statuses, repeated (``?status=A&status=B``) or comma separated (``?status=A,B``)."""
 

@@ -16,10 +16,13 @@ from common.infra.db import dispose_engines
 
 from api.app import create_app
 from api.context import EXTENSION
+from api.publish import EXTENSION as PUBLISHER
 
 log = logging.getLogger(__name__)
 
-THREADS = 4
+# Threads per worker: a create spends longer waiting for PostgreSQL (a commit waits for its WAL
+# flush) than running Python, so a worker needs several requests in flight to keep its core busy.
+THREADS = 8
 GRACEFUL_TIMEOUT = 30  # seconds a worker gets after SIGTERM to finish its requests
 
 
@@ -38,15 +41,19 @@ def _post_fork(server: Any, worker: Any) -> None:
 
 def _worker_exit(server: Any, worker: Any) -> None:
     app = getattr(worker, "wsgi", None)
-    runtime = getattr(app, "extensions", {}).get(EXTENSION) if app is not None else None
+    extensions = getattr(app, "extensions", {}) if app is not None else {}
+    runtime = extensions.get(EXTENSION)
     if runtime is not None:
-        runtime.close()
+        runtime.close()  # flushes the producer: the last acknowledgements and refusals come in
+    publisher = extensions.get(PUBLISHER)
+    if publisher is not None:
+        publisher.close()  # then the refused dispatches are handed back before the worker goes
     dispose_engines()
 
 
 class ApiServer(BaseApplication):
     """gunicorn running :func:`api.app.create_app`: ``settings.api_workers`` gthread workers
-    with 4 threads each on ``settings.api_host:settings.api_port``."""
+    with :data:`THREADS` threads each on ``settings.api_host:settings.api_port``."""
 
     def __init__(self, settings: Settings, app: Flask | None = None) -> None:
         self.settings = settings

@@ -19,7 +19,7 @@ import sqlalchemy as sa
 
 from common.core import store
 from common.launch.broker import LocalBroker
-from common.infra.clock import utcnow
+from common.infra import clock
 from common.infra.config import load_settings
 from common.infra.db import dispose_engines, get_engine, session_scope
 from common.infra.kafka import ensure_topics
@@ -54,7 +54,7 @@ def main() -> None:
         )
         upgrade(settings)
         ensure_topics(settings)
-        now = utcnow()
+        now = clock.utcnow()
         started = time.perf_counter()
         with get_engine(settings).begin() as conn:
             rows = [dict(id=uuid.uuid4(), name=f"b{i}", type="noop", payload={}, meta={}, status="SCHEDULED",
@@ -68,7 +68,7 @@ def main() -> None:
         scanner = Scanner(settings, threading.Event())
         started = time.perf_counter()
         # One scan claims and publishes batch after batch until nothing before the horizon is left.
-        total = scanner.scan(utcnow() + timedelta(seconds=args.jobs / 1000 + 60)).published
+        total = scanner.scan(clock.utcnow() + timedelta(seconds=args.jobs / 1000 + 60)).published
         elapsed = time.perf_counter() - started
         print(f"scanner: claimed and published {total} jobs in {elapsed:.2f}s = {total / elapsed:,.0f} jobs/s "
               f"(batch size {args.batch})")
@@ -77,7 +77,7 @@ def main() -> None:
             ids = list(session.scalars(sa.select(Job.id).limit(min(args.jobs, 5000))))
         messages = []
         for job_id in ids:
-            at = utcnow()
+            at = clock.utcnow()
             messages.append(UpdateMessage(job_id=job_id, token=1, status="RUNNING", attempt=1, at=at, executor="b", started_at=at))
             messages.append(UpdateMessage(job_id=job_id, token=1, status="SUCCESS", attempt=1, at=at, executor="b",
                                           started_at=at, finished_at=at, output={"ok": True}))

@@ -6,6 +6,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
+from typing import Any
 
 from common.infra.config import Settings
 from common.infra.errors import ChronoqError
@@ -29,8 +30,11 @@ class HandlerContext:
     deadline: float  # time.monotonic() value at which the attempt times out
     timeout_seconds: float
     settings: Settings
-    #: Set when the runner gave up waiting (timeout): a cooperative handler stops early.
+    #: Set when the runner gave up waiting (timeout): a handler running on a thread (a plain
+    #: function) cannot be killed, but a cooperative one can stop early.
     abandoned: threading.Event = field(default_factory=threading.Event)
+    #: The executor's pool of keep-alive HTTP connections (for the ``http`` type).
+    http: Any = None
 
     def remaining(self) -> float:
         """Seconds left before the deadline (never negative)."""

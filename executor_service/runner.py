@@ -1,154 +1,212 @@
-"""One fire of one dispatched attempt: claim it, run it, report it, schedule its retry."""
+"""One fire of one dispatched attempt, on the executor's event loop: wait for its start claim
+(taken ahead, :mod:`executor_service.claims`), fire on the dot, run the handler, and hand the
+outcome to the reporter (:mod:`executor_service.outcomes`) without waiting for it."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
+import sys
 import time
-from datetime import datetime, timedelta
-from typing import Any, Callable, TypeVar
+from datetime import datetime
+from typing import Any, Callable
 
 from marshmallow import ValidationError
 
-from common.core import store
-from common.core.backoff import retries_left, retry_delay
-from common.infra.clock import utcnow
-from common.infra.config import Settings
-from common.infra.db import session_scope
-from common.infra.errors import DatabaseUnavailable, JobTypeError
-from common.infra.retry import FIRE_PATH, GaveUp, retry
+from common.core.backoff import after_failure
 from common.core.jobtypes import load_payload
-from common.infra.kafka import Producer
 from common.core.messages import DispatchMessage, UpdateMessage
-from common.infra.deadletter import DeadLetter
 from common.core.states import JobStatus
+from common.core.store import AttemptKey, attempt_key
+from common.infra import clock
+from common.infra.config import Settings
+from common.infra.deadletter import DeadLetter
+from common.infra.errors import JobTypeError
 
+from executor_service.claims import Claim, Claims
 from executor_service.context import HandlerContext, PermanentFailure
-from executor_service.handlers import resolve
+from executor_service.deadline import Threads, call_handler
+from executor_service.handlers import NATIVE_TIMEOUT, resolve
+from executor_service.handlers.http import Pool
+from executor_service.outcomes import Outcomes, safe_output, short_error
 from executor_service.stats import Counters
-from executor_service.timeouts import run_with_deadline
-from executor_service.updates import Updates, safe_output, short_error
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
-
-#: Schedules an attempt in memory; False when the executor is stopping and did not take it.
+#: Schedules an attempt (a retry); False when the executor is stopping and did not take it.
 Schedule = Callable[[DispatchMessage], bool]
 
 
-class Runner:
-    """Runs fired attempts; called on APScheduler's pool threads."""
+@dataclasses.dataclass(frozen=True, slots=True)
+class Prepared:
+    """A dispatch checked once, on receipt: ``message`` carries its loaded payload (defaults
+    filled in), or ``problem`` says why it cannot run (it then fails permanently at its time,
+    as any run of it would)."""
 
-    def __init__(self, settings: Settings, producer: Producer, counters: Counters, schedule: Schedule) -> None:
+    message: DispatchMessage
+    problem: Exception | None = None
+
+
+def prepare(message: DispatchMessage, settings: Settings) -> Prepared:
+    """Resolve the handler and validate the payload of ``message`` (once, not at fire time).
+    The loaded payload replaces the received one, and the type name is interned: an attempt
+    waits in memory for up to two windows, many thousands of them at once."""
+    try:
+        resolve(message.type, settings)
+    except JobTypeError as exc:
+        return Prepared(message, exc)
+    try:
+        payload = load_payload(message.type, message.payload)
+    except ValidationError as exc:
+        return Prepared(message, PermanentFailure(f"invalid payload: {exc.messages}"))
+    return Prepared(dataclasses.replace(message, type=sys.intern(message.type), payload=payload))
+
+
+async def fire(runner: "Runner", prepared: Prepared) -> None:
+    """APScheduler's job function, referenced by name (:data:`FIRE`): a bound method would
+    cost every waiting attempt its own reference string."""
+    await runner.fire(prepared)
+
+
+#: How the scheduler names :func:`fire`; one string shared by every waiting attempt.
+FIRE = "executor_service.runner:fire"
+
+
+class Runner:
+    """Runs fired attempts on the executor's event loop."""
+
+    def __init__(
+        self, settings: Settings, outcomes: Outcomes, claims: Claims, counters: Counters, schedule: Schedule,
+    ) -> None:
         self.settings = settings
-        self.producer = producer
-        self.updates = Updates(settings, producer)
+        self.outcomes = outcomes
+        self.claims = claims
         self.counters = counters
         self.schedule = schedule
         self.executor_id = settings.resolved_executor_id
-        #: Attempts running now; the executor's heartbeat extends their leases.
-        self.running: dict[tuple[Any, int, int], DispatchMessage] = {}
+        self.http = Pool(settings.http_pool_size)
+        self.threads: Threads | None = None  # made on the loop (an asyncio semaphore)
+        #: Attempts started and not yet reported; the executor's heartbeat extends their leases.
+        self.running: dict[AttemptKey, DispatchMessage] = {}
+        #: Attempts between their claim and their end (what a stop waits for).
+        self.active = 0
 
-    def fire(self, message: DispatchMessage) -> None:
+    async def fire(self, prepared: Prepared) -> None:
         """APScheduler's job function. Never raises: an unexpected error is logged, and the
         job is recovered by the scanner once its lease runs out."""
+        message = prepared.message
         try:
-            self._fire(message)
+            await self._fire(prepared)
         except Exception:
             log.exception(
                 "job %s attempt %d: unexpected executor error; the scanner re-dispatches it when "
                 "its lease runs out", message.job_id, message.attempt,
             )
 
-    def _fire(self, message: DispatchMessage) -> None:
-        wait_until(message.execute_at)
-        now = utcnow()
+    async def _fire(self, prepared: Prepared) -> None:
+        message = prepared.message
         self.counters.add("fired")
-        late = (now - message.execute_at).total_seconds()
-        grace = message.misfire_grace_seconds
-        if grace is not None and late > grace:
-            self._missed(message, now, late, grace)
+        claim = await self.claims.result(message)
+        if claim is not Claim.CLAIMED:
+            self._not_started(message, claim)
             return
-        claimed = self._db(message, "start", lambda s: store.claim_start(
-            s, message, executor=self.executor_id, now=now, lease=self.settings.lease_seconds,
-        ))
-        if claimed is None:
-            self.counters.add("skipped")
+        self.active += 1
+        key = attempt_key(message)
+        self.running[key] = message
+        try:
+            await sleep_until(message.execute_at)
+            now = clock.utcnow()
+            late = (now - message.execute_at).total_seconds()
+            grace = message.misfire_grace_seconds
+            if grace is not None and late > grace:
+                # Claimed in time but fired past its grace (the executor stalled): it ends here.
+                self._report_missed(message, now, f"missed: {late:.1f}s late, grace {grace:g}s")
+                return
+            self.outcomes.running(self._update(message, JobStatus.RUNNING, at=now, started_at=now))
+            try:
+                output = await self._execute(prepared)
+            except Exception as exc:
+                self._failed(message, now, exc)
+            else:
+                self._succeeded(message, now, output)
+        finally:
+            self.running.pop(key, None)
+            self.active -= 1
+
+    def _not_started(self, message: DispatchMessage, claim: Claim) -> None:
+        if claim is Claim.MISSED:
+            self.counters.add("failed")
+            now = clock.utcnow()
+            error = f"missed: {(now - message.execute_at).total_seconds():.1f}s late, grace {message.misfire_grace_seconds:g}s"
+            log.warning("job %s FAILED without starting: %s", message.job_id, error)
+            # The claim already wrote FAILED; the update tells the topic's readers.
+            self.outcomes.final(self._update(message, JobStatus.FAILED, at=now, finished_at=now, error=error))
             return
-        if not claimed:
-            self.counters.add("skipped")
+        self.counters.add("skipped")
+        if claim is Claim.SKIPPED:
             log.info(
                 "job %s dispatch %s attempt %d not started: cancelled, finished or superseded",
                 message.job_id, message.token, message.attempt,
             )
-            return
-        log.debug("job %s attempt %d started %.1f ms after its time", message.job_id, message.attempt, late * 1000)
-        self.updates.running(self._update(message, JobStatus.RUNNING, at=now, started_at=now))
-        key = (message.job_id, message.token, message.attempt)
-        self.running[key] = message
-        try:
-            output = self._execute(message)
-        except Exception as exc:
-            self._failed(message, now, exc)
-        else:
-            self._succeeded(message, now, output)
-        finally:
-            self.running.pop(key, None)
 
-    def _execute(self, message: DispatchMessage) -> Any:
-        deadline = time.monotonic() + message.timeout_seconds
+    async def _execute(self, prepared: Prepared) -> Any:
+        message = prepared.message
+        if prepared.problem is not None:
+            raise prepared.problem
         handler = resolve(message.type, self.settings)
-        try:
-            payload = load_payload(message.type, message.payload)
-        except ValidationError as exc:
-            raise PermanentFailure(f"invalid payload: {exc.messages}") from exc
+        if self.threads is None:
+            self.threads = Threads(self.settings.executor_workers)
         context = HandlerContext(
             job_id=message.job_id,
             name=message.name,
             attempt=message.attempt,
             max_retries=message.max_retries,
             idempotency_key=message.idempotency_key,
-            deadline=deadline,
+            deadline=time.monotonic() + message.timeout_seconds,
             timeout_seconds=message.timeout_seconds,
             settings=self.settings,
+            http=self.http,
         )
-        return run_with_deadline(lambda: handler(payload, context), context)
+        return await call_handler(
+            handler, message.payload, context, self.threads, native=message.type in NATIVE_TIMEOUT,
+        )
 
     def _succeeded(self, message: DispatchMessage, started_at: datetime, output: Any) -> None:
-        finished = utcnow()
+        finished = clock.utcnow()
         self.counters.add("succeeded")
-        log.info(
+        log.debug(
             "job %s attempt %d succeeded in %.3fs",
             message.job_id, message.attempt, (finished - started_at).total_seconds(),
         )
-        self.updates.final(self._update(
+        self.outcomes.final(self._update(
             message, JobStatus.SUCCESS, at=finished, started_at=started_at, finished_at=finished,
             output=safe_output(output),
         ))
 
     def _failed(self, message: DispatchMessage, started_at: datetime, exc: Exception) -> None:
-        finished = utcnow()
+        finished = clock.utcnow()
         error = short_error(exc)
-        permanent = isinstance(exc, (PermanentFailure, JobTypeError))
-        if not permanent and retries_left(message.attempt, message.max_retries):
-            delay = retry_delay(
-                message.attempt,
-                base=self.settings.retry_backoff_seconds,
-                cap=self.settings.retry_backoff_max_seconds,
-                jitter=self.settings.retry_jitter,
-            )
-            next_at = finished + timedelta(seconds=delay)
+        decision = after_failure(
+            message.attempt, message.max_retries,
+            permanent=isinstance(exc, (PermanentFailure, JobTypeError)),
+            failed_at=finished,
+            base=self.settings.retry_backoff_seconds,
+            cap=self.settings.retry_backoff_max_seconds,
+            jitter=self.settings.retry_jitter,
+        )
+        if decision.retry_at is not None:
+            next_at = decision.retry_at
             self.counters.add("retried")
             log.warning(
                 "job %s attempt %d failed (%s); retry %d in %.1fs",
-                message.job_id, message.attempt, error, message.attempt + 1, delay,
+                message.job_id, message.attempt, error, message.attempt + 1, (next_at - finished).total_seconds(),
             )
-            self.updates.final(self._update(
+            self.outcomes.final(self._update(
                 message, JobStatus.RETRYING, at=finished, started_at=started_at, finished_at=finished,
                 next_attempt_at=next_at, error=error,
             ))
-            # Same dispatch token: claim_start's CAS on the attempt count keeps the retry single.
+            # Same dispatch token: the start claim's CAS on the attempt count keeps the retry single.
             retry = dataclasses.replace(
                 message,
                 attempt=message.attempt + 1,
@@ -156,56 +214,29 @@ class Runner:
                 execute_at=next_at,
             )
             if not self.schedule(retry):
-                handed = self._db(retry, "hand back", lambda s: store.unclaim(s, retry, now=utcnow()))
                 log.info(
-                    "executor stopping: retry %d of job %s %s", retry.attempt, message.job_id,
-                    "handed back to the scanner" if handed else "left to the scanner (after its lease)",
+                    "executor stopping: retry %d of job %s left to the scanner (after its lease)",
+                    retry.attempt, message.job_id,
                 )
             return
         self.counters.add("failed")
-        reason = "permanent failure" if permanent else "retries exhausted"
-        log.warning("job %s FAILED on attempt %d (%s): %s", message.job_id, message.attempt, reason, error)
-        self.updates.final(self._update(
-            message, JobStatus.FAILED, at=finished, started_at=started_at, finished_at=finished, error=error,
-        ))
-        self.producer.dead_letter(DeadLetter(
-            reason=reason,
-            job_id=str(message.job_id),
-            extra={
-                "name": message.name, "type": message.type, "token": message.token,
-                "attempt": message.attempt, "max_retries": message.max_retries, "error": error,
-            },
-        ))
+        log.warning("job %s FAILED on attempt %d (%s): %s", message.job_id, message.attempt, decision.reason, error)
+        self.outcomes.final(
+            self._update(message, JobStatus.FAILED, at=finished, started_at=started_at, finished_at=finished, error=error),
+            dead_letter=DeadLetter(
+                reason=decision.reason or "failed",
+                job_id=str(message.job_id),
+                extra={
+                    "name": message.name, "type": message.type, "token": message.token,
+                    "attempt": message.attempt, "max_retries": message.max_retries, "error": error,
+                },
+            ),
+        )
 
-    def _missed(self, message: DispatchMessage, now: datetime, late: float, grace: float) -> None:
-        error = f"missed: {late:.1f}s late, grace {grace:g}s"
-        failed = self._db(message, "fail", lambda s: store.fail_unstarted(s, message, error=error, now=now))
-        if not failed:
-            self.counters.add("skipped")
-            return
+    def _report_missed(self, message: DispatchMessage, now: datetime, error: str) -> None:
         self.counters.add("failed")
-        log.warning("job %s FAILED without starting: %s", message.job_id, error)
-        self.updates.final(self._update(message, JobStatus.FAILED, at=now, finished_at=now, error=error))
-
-    def _db(self, message: DispatchMessage, what: str, statement: Callable[[Any], T]) -> T | None:
-        """Run ``statement`` in its own committed transaction, retried with backoff while the
-        database is unavailable for up to half a lease (the job then still fires, late, when
-        the database is back); None once it gave up (the scanner's lease then re-dispatches
-        the job)."""
-        def run() -> T:
-            with session_scope(self.settings) as session:
-                return statement(session)
-
-        try:
-            return retry(
-                run, on=DatabaseUnavailable, backoff=FIRE_PATH, give_up_after=self.settings.lease_seconds / 2,
-                what=f"job {message.job_id} attempt {message.attempt}: {what}", logger=log,
-            )
-        except GaveUp as exc:
-            log.warning(
-                "%s; the scanner re-dispatches the job when its lease runs out", exc,
-            )
-            return None
+        log.warning("job %s FAILED without running: %s", message.job_id, error)
+        self.outcomes.final(self._update(message, JobStatus.FAILED, at=now, finished_at=now, error=error))
 
     def _update(self, message: DispatchMessage, status: JobStatus, *, at: datetime, **fields: Any) -> UpdateMessage:
         return UpdateMessage(
@@ -214,10 +245,10 @@ class Runner:
         )
 
 
-def wait_until(moment: datetime) -> None:
-    """Sleep until ``moment`` has passed on :func:`utcnow` (APScheduler can wake a hair early)."""
+async def sleep_until(moment: datetime) -> None:
+    """Sleep until ``moment`` has passed on the wall clock (timers can wake a hair early)."""
     while True:
-        left = (moment - utcnow()).total_seconds()
+        left = (moment - clock.utcnow()).total_seconds()
         if left <= 0:
             return
-        time.sleep(left)
+        await asyncio.sleep(left)

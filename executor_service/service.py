@@ -1,37 +1,64 @@
-"""The Executor: one thread polls the jobs topic and puts each dispatch into APScheduler with a
-date trigger at its ``execute_at``; APScheduler's pool runs it (:mod:`executor_service.runner`).
-Offsets are committed once a batch is in the scheduler; a dispatch lost with this process is
-re-dispatched by the scanner when its lease runs out."""
+"""The Executor. One thread polls the jobs topic and puts each dispatch into APScheduler
+(:class:`~executor_service.timer.Timer`, on an asyncio loop of its own) with a date trigger at
+its ``execute_at``, and into the claim-ahead queue. Offsets are committed once a batch is in
+the scheduler; a dispatch lost with this process is re-dispatched by the scanner when its
+lease runs out.
+
+At the fire instant the loop only runs the job: the start claim was taken ahead in a batch,
+the payload was validated on receipt, the HTTP connection is pooled, and the outcome goes to
+the reporter thread, which writes and publishes in group commits."""
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import logging
+import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timezone
 
-from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.jobstores.base import ConflictingIdError, JobLookupError
-from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.date import DateTrigger
 
 from common.core import store
-from common.infra.clock import utcnow
+from common.core.messages import DispatchMessage, decode_dispatch
+from common.infra import clock
 from common.infra.config import Settings
 from common.infra.consumer import ConsumerLoop
 from common.infra.db import session_scope
 from common.infra.errors import DatabaseUnavailable
 from common.infra.health import HealthCheck, consumers_check
 from common.infra.kafka import Producer
-from common.core.messages import DispatchMessage, decode_dispatch
 
-from executor_service.runner import Runner
+from executor_service.claims import Claims
+from executor_service.outcomes import Outcomes
+from executor_service.runner import FIRE, Runner, prepare
 from executor_service.stats import Counters
+from executor_service.timer import Timer
 
 log = logging.getLogger(__name__)
 
 STATUS_EVERY = 60.0     # seconds between status lines when nothing changes
 STATUS_MIN_GAP = 5.0    # at most one status line this often, however busy
+#: The interpreter hands the GIL over this often (default 5 ms): the polling and reporting
+#: threads then delay the loop's fires by at most this much.
+SWITCH_INTERVAL = 0.0005
+
+
+def _settle_garbage_collector() -> None:
+    """Keep the cyclic garbage collector off the fire path. Waiting attempts are many long-lived
+    objects (a few hundred thousand at a high rate); each full collection would walk all of them
+    and stop the loop for tens of milliseconds. After a batch is scheduled, the young garbage is
+    collected (cheap: young objects only) and everything still alive is frozen, out of the
+    collector's sight; nothing here is cyclic, so attempts are still freed when they end."""
+    gc.collect(1)
+    gc.freeze()
+
+
+def _apscheduler_id(message: DispatchMessage) -> str:
+    return f"{message.job_id}:{message.token}:{message.attempt}"
 
 
 class Executor:
@@ -41,13 +68,15 @@ class Executor:
         self.settings = settings
         self.stop = stop
         self.counters = Counters()
-        self.producer = Producer(settings, client_id=f"chronoq-executor-{settings.resolved_executor_id}")
-        self.scheduler = BackgroundScheduler(
-            timezone=timezone.utc,
-            executors={"default": ThreadPoolExecutor(settings.executor_workers)},
-        )
-        self.runner = Runner(settings, self.producer, self.counters, self.schedule)
-        self.loop = ConsumerLoop(
+        client_id = f"chronoq-executor-{settings.resolved_executor_id}"
+        self.producer = Producer(settings, client_id=client_id)
+        self.outcomes = Outcomes(settings, producer=self.producer)
+        self.loop = asyncio.new_event_loop()
+        self.database = ThreadPoolExecutor(2, thread_name_prefix="executor-db")
+        self.claims = Claims(settings, settings.resolved_executor_id, self.database)
+        self.scheduler = Timer(timezone=timezone.utc, event_loop=self.loop)
+        self.runner = Runner(settings, self.outcomes, self.claims, self.counters, self.schedule)
+        self.consumer = ConsumerLoop(
             settings,
             topic=settings.topic_jobs,
             group_id=settings.executor_group,
@@ -55,27 +84,36 @@ class Executor:
             handle=self._handle,
             stop=stop,
             producer=self.producer,
-            client_id=f"chronoq-executor-{settings.resolved_executor_id}",
+            client_id=client_id,
         )
         # Taken while adding a job and while closing, so that no job slips into the scheduler
         # after the hand-back collected what was left.
         self._closing_lock = threading.Lock()
         self._closing = False
+        #: Retries that came after the stop began; handed back with the rest.
+        self._refused: list[DispatchMessage] = []
+        # Per-job INFO lines from APScheduler ("Running job …") would contend for the log
+        # handler's lock at every fire; chronoq logs what matters itself.
+        logging.getLogger("apscheduler").setLevel(logging.WARNING)
 
     @property
     def ready(self) -> threading.Event:
         """Set once this member was assigned partitions of the jobs topic."""
-        return self.loop.assigned
+        return self.consumer.assigned
 
     def run(self) -> None:
         """Block until ``stop`` is set, then stop cleanly (see :meth:`_shutdown`)."""
-        self.scheduler.start()
-        poller = threading.Thread(target=self.loop.run, name="executor-poll", daemon=True)
+        sys.setswitchinterval(SWITCH_INTERVAL)
+        started = threading.Event()
+        looper = threading.Thread(target=self._run_loop, args=(started,), name="executor-loop", daemon=True)
+        looper.start()
+        started.wait()
+        poller = threading.Thread(target=self.consumer.run, name="executor-poll", daemon=True)
         poller.start()
         log.info(
-            "executor %s consuming %s (group %s), %d workers",
+            "executor %s consuming %s (group %s); claims %.2fs ahead",
             self.settings.resolved_executor_id, self.settings.topic_jobs, self.settings.executor_group,
-            self.settings.executor_workers,
+            self.settings.claim_ahead_seconds,
         )
         beating = threading.Event()
         heart = threading.Thread(target=self._heartbeat, args=(beating,), name="executor-heartbeat", daemon=True)
@@ -85,56 +123,88 @@ class Executor:
         finally:
             self.stop.set()
             poller.join()
-            self._shutdown()  # running jobs finish in here, so the heartbeat goes on until after
-            beating.set()
-            heart.join()
+            try:
+                self._shutdown()  # running jobs finish in here, so the heartbeat goes on until after
+            finally:
+                beating.set()
+                heart.join()
+                self.loop.call_soon_threadsafe(self.loop.stop)
+                looper.join(10)
+
+    def _run_loop(self, started: threading.Event) -> None:
+        asyncio.set_event_loop(self.loop)
+
+        async def start() -> None:
+            self.scheduler.start()
+            self.loop.create_task(self.claims.run(), name="claims")
+            started.set()
+
+        self.loop.run_until_complete(start())
+        self.loop.run_forever()
+        self.loop.run_until_complete(self.runner.http.close())
+        self.loop.close()
 
     def schedule(self, message: DispatchMessage) -> bool:
-        """Add one attempt to the scheduler. A duplicate delivery (same job, token and attempt)
-        is ignored. False when the executor is closing and did not take it."""
-        job_id = f"{message.job_id}:{message.token}:{message.attempt}"
+        """Add one attempt to the scheduler and the claim queue (from any thread). A duplicate
+        delivery (same job, token and attempt) is ignored. False when the executor is closing
+        and did not take it."""
+        return self.schedule_many([message])
+
+    def schedule_many(self, messages: list[DispatchMessage]) -> bool:
+        """:meth:`schedule` for a batch; the payloads are validated here, once."""
+        prepared = [prepare(m, self.settings) for m in messages]
         with self._closing_lock:
             if self._closing:
+                self._refused.extend(messages)
                 return False
-            try:
-                self.scheduler.add_job(
-                    self.runner.fire,
-                    DateTrigger(run_date=message.execute_at, timezone=timezone.utc),
-                    args=(message,),
-                    id=job_id,
-                    name=f"{message.name} ({message.type})",
-                    misfire_grace_time=None,  # always run late jobs; chronoq applies its own grace
-                    coalesce=False,
-                    max_instances=1,
-                )
-            except ConflictingIdError:
-                log.debug("dispatch %s is already scheduled here; duplicate delivery ignored", job_id)
-                return True
-        self.counters.add("scheduled")
+            fresh = []
+            for item in prepared:
+                try:
+                    self.scheduler.add_job(
+                        FIRE,
+                        DateTrigger(run_date=item.message.execute_at, timezone=timezone.utc),
+                        args=(self.runner, item),
+                        id=_apscheduler_id(item.message),
+                        name="fire",  # one shared string: the default is a new one per job
+                        misfire_grace_time=None,  # always run late jobs; chronoq applies its own grace
+                        coalesce=False,
+                        max_instances=1,
+                    )
+                    fresh.append(item.message)
+                except ConflictingIdError:
+                    log.debug("dispatch %s is already scheduled here; duplicate delivery ignored",
+                              _apscheduler_id(item.message))
+            if fresh:
+                self.loop.call_soon_threadsafe(self._queue_claims, fresh)
+        self.counters.add("scheduled", len(fresh))
+        _settle_garbage_collector()
         return True
+
+    def _queue_claims(self, messages: list[DispatchMessage]) -> None:
+        for message in messages:
+            self.claims.add(message)
 
     def _handle(self, messages: list[DispatchMessage]) -> bool:
         """ConsumerLoop's handler: put each dispatch into the scheduler (idempotent, so a batch
         handled again after one of its records failed schedules nothing twice)."""
-        taken = [self.schedule(message) for message in messages]
-        return all(taken)
+        return self.schedule_many(messages)
 
     @property
     def health(self) -> HealthCheck:
-        return consumers_check(self.loop.health)
+        return consumers_check(self.consumer.health)
 
     def _heartbeat(self, done: threading.Event) -> None:
         """Every third of a lease, extend the leases of the attempts running here, so that only
         an executor that went silent (killed, hung, cut off) has its attempts re-dispatched."""
         interval = self.settings.lease_seconds / 3
         while not done.wait(interval):
-            self.runner.updates.write_pending()
+            self.outcomes.write_pending()
             running = list(self.runner.running.values())
             if not running:
                 continue
             try:
                 with session_scope(self.settings) as session:
-                    store.extend_leases(session, running, now=utcnow(), lease=self.settings.lease_seconds)
+                    store.extend_leases(session, running, now=clock.utcnow(), lease=self.settings.lease_seconds)
             except DatabaseUnavailable as exc:
                 log.warning("could not extend the leases of %d running jobs: %s", len(running), exc)
 
@@ -145,39 +215,59 @@ class Executor:
             now = self.counters.snapshot()
             elapsed = time.monotonic() - last_at
             if (now != last and elapsed >= STATUS_MIN_GAP) or elapsed >= STATUS_EVERY:
-                log.info("executor: %s; %d waiting", now.line(), len(self.scheduler.get_jobs()))
+                log.info(
+                    "executor: %s; %d waiting, %d running; %d claim batches, %d report batches",
+                    now.line(), len(self.claims), self.runner.active, self.claims.batches, self.outcomes.batches,
+                )
                 last, last_at = now, time.monotonic()
 
     def _shutdown(self) -> None:
-        """Hand every not-yet-fired job back, let running ones finish, close the producer."""
+        """Hand back every attempt not yet claimed, let the claimed and running ones finish,
+        report them, close the producer."""
         with self._closing_lock:
             self._closing = True
-        self.scheduler.pause()
-        # get_jobs takes the job-store lock, so a processing pass that started before the pause
-        # has finished: what it returns has not been (and will not be) submitted.
-        waiting = self.scheduler.get_jobs()
-        for job in waiting:
-            try:
-                self.scheduler.remove_job(job.id)
-            except JobLookupError:
-                pass
-        handed_back = self._hand_back([job.args[0] for job in waiting])
+        unclaimed = asyncio.run_coroutine_threadsafe(self._release_unclaimed(), self.loop).result()
         before = self.counters.snapshot()
-        self.scheduler.shutdown(wait=True)
+        self._wait_for_running()
+        handed_back = self._hand_back(unclaimed + self._refused)
         finished = self.counters.snapshot()
-        done = (finished.succeeded + finished.failed + finished.retried) - (before.succeeded + before.failed + before.retried)
+        done = sum(getattr(finished, n) - getattr(before, n) for n in ("succeeded", "failed", "retried"))
+        if not self.outcomes.drain(timeout=30):
+            log.warning("executor stopping with attempt ends still unreported; their leases recover them")
+        self.outcomes.close()
+        self.database.shutdown(wait=True)
         self.producer.close()
-        log.info(
-            "executor stopped: handed back %d jobs, finished %d; %s",
-            handed_back, done, finished.line(),
-        )
+        log.info("executor stopped: handed back %d jobs, finished %d; %s", handed_back, done, finished.line())
+
+    async def _release_unclaimed(self) -> list[DispatchMessage]:
+        """On the loop: stop claiming, and take the attempts not claimed out of the scheduler."""
+        unclaimed = self.claims.take_unclaimed()
+        for message in unclaimed:
+            try:
+                self.scheduler.remove_job(_apscheduler_id(message))
+            except JobLookupError:
+                pass  # firing now: its claim answers SKIPPED, so it does not start
+        return unclaimed
+
+    def _wait_for_running(self) -> None:
+        """Until every claimed attempt has fired and ended (each within its own timeout)."""
+        last_log = time.monotonic()
+        while self.scheduler.get_jobs() or self.runner.active:
+            if time.monotonic() - last_log >= 5:
+                log.info("executor stopping: waiting for %d running jobs", self.runner.active)
+                last_log = time.monotonic()
+            time.sleep(0.05)
+        asyncio.run_coroutine_threadsafe(self._stop_scheduler(), self.loop).result()
+
+    async def _stop_scheduler(self) -> None:
+        self.scheduler.shutdown(wait=False)
 
     def _hand_back(self, messages: list[DispatchMessage]) -> int:
         """SCHEDULED again for dispatches and retries that did not fire, so the scanner
         re-dispatches them now rather than after their lease."""
         if not messages:
             return 0
-        now = utcnow()
+        now = clock.utcnow()
         handed = 0
         try:
             with session_scope(self.settings) as session:

@@ -7,11 +7,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from typing import Any, Callable
 
 from common.core import store
-from common.infra.clock import utcnow
+from common.infra import clock as wall_clock
 from common.infra.config import Settings
 from common.core.dispatch import DispatchResult, dispatch
 from common.infra.errors import BrokerUnavailable, DatabaseUnavailable
@@ -21,6 +22,10 @@ from common.infra.retry import LOOP, Pacer
 from common.core.windows import dispatch_horizon, next_boundary
 
 log = logging.getLogger(__name__)
+
+#: Threads that claim and publish side by side when a window holds more than one batch.
+CLAIMERS = 2
+
 
 def next_wake(now: datetime, interval: float, sweep: float, last_sweep: datetime) -> datetime:
     """When the scanner wakes next: the next window boundary, or the next sweep if sooner."""
@@ -35,18 +40,19 @@ class Scanner:
         settings: Settings,
         stop: threading.Event,
         producer: Producer | None = None,
-        clock: Callable[[], datetime] = utcnow,
+        clock: Callable[[], datetime] | None = None,
     ) -> None:
         self.settings = settings
         self.stop = stop
         self.producer = producer or Producer(settings, client_id="chronoq-scanner")
-        self.clock = clock
+        # Looked up on every call, so a test's patch of common.infra.clock.utcnow reaches it.
+        self.clock = clock or (lambda: wall_clock.utcnow())
         self.totals = DispatchResult()
         #: While the database was unreachable nobody could extend a lease; leases that ran out
         #: after ``_down_since`` count only once a full lease has passed since it came back.
         self._down_since: datetime | None = None
         self._grace_until: datetime | None = None
-        self._last_ok = clock()
+        self._last_ok = self.clock()
 
     @property
     def health(self) -> HealthCheck:
@@ -61,29 +67,51 @@ class Scanner:
 
     def scan(self, now: datetime) -> DispatchResult:
         """Claim and publish, batch after batch, every job due before the horizon of ``now``
-        plus every in-flight job whose lease ran out."""
+        plus every in-flight job whose lease ran out.
+
+        When the first batch comes back full, :data:`CLAIMERS` threads work through the rest
+        side by side (SKIP LOCKED keeps their claims apart, as it keeps two scanners'): one
+        waits for the database while another encodes and sends, which made a 50,000-job
+        window about a sixth faster (bench/scanner.py)."""
         horizon = dispatch_horizon(now, self.settings.scan_interval_seconds)
-        result = DispatchResult()
-        while not self.stop.is_set():
-            batch = dispatch(
-                self.settings,
-                self.producer,
-                lambda session: store.claim_due(
-                    session,
-                    now=now,
-                    horizon=horizon,
-                    lease=self.settings.lease_seconds,
-                    limit=self.settings.scan_batch_size,
-                    expired_before=self._expired_before(now),
-                ),
-                now=now,
-            )
-            result += batch
-            claimed = batch.published + batch.unpublished + batch.exhausted
-            if claimed < self.settings.scan_batch_size or batch.unpublished:
-                break  # nothing more is due, or Kafka is failing: try again at the next wake
+        result = DispatchResult() if self.stop.is_set() else self._batch(now, horizon)
+        if self._more(result):
+            with ThreadPoolExecutor(CLAIMERS, thread_name_prefix="claimer") as pool:
+                for drained in pool.map(lambda _: self._drain(now, horizon), range(CLAIMERS)):
+                    result += drained
         self.totals += result
         return result
+
+    def _drain(self, now: datetime, horizon: datetime) -> DispatchResult:
+        """Batches until one says there is no more to do."""
+        result = DispatchResult()
+        while True:
+            batch = self._batch(now, horizon)
+            result += batch
+            if not self._more(batch):
+                return result
+
+    def _more(self, batch: DispatchResult) -> bool:
+        """Whether to claim again after ``batch``: it was full (more may be due), Kafka took it
+        all (else try again at the next wake), and the scanner is not stopping."""
+        claimed = batch.published + batch.unpublished + batch.exhausted
+        return claimed >= self.settings.scan_batch_size and not batch.unpublished and not self.stop.is_set()
+
+    def _batch(self, now: datetime, horizon: datetime) -> DispatchResult:
+        """Claim one batch in one transaction, then publish it."""
+        return dispatch(
+            self.settings,
+            self.producer,
+            lambda session: store.claim_due(
+                session,
+                now=now,
+                horizon=horizon,
+                lease=self.settings.lease_seconds,
+                limit=self.settings.scan_batch_size,
+                expired_before=self._expired_before(now),
+            ),
+            now=now,
+        )
 
     def _expired_before(self, now: datetime) -> datetime:
         if self._grace_until is not None and now < self._grace_until and self._down_since is not None:

@@ -4,6 +4,7 @@ schemas before storing a job; the executor loads it with the same schemas before
 from __future__ import annotations
 
 import fnmatch
+import functools
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -95,14 +96,20 @@ def host_allowed(host: str, patterns: tuple[str, ...]) -> bool:
     return any(fnmatch.fnmatchcase(host, pattern.lower()) for pattern in patterns)
 
 
+@functools.cache
+def _schema(cls: type[Schema]) -> Schema:
+    # One instance per type: building a schema costs more than loading a small payload with it,
+    # and a schema's load keeps no state between calls.
+    return cls()
+
+
 def load_payload(job_type: str, payload: dict[str, Any], settings: Settings | None = None) -> dict[str, Any]:
     """Validate and fill defaults of ``payload`` for ``job_type``; raises marshmallow's
     ``ValidationError`` naming the field. Types without a schema accept any object. With
     ``settings``, an ``http`` URL must also name an allowed host (CHRONOQ_HTTP_ALLOWED_HOSTS)."""
-    schema = BUILTIN_SCHEMAS.get(job_type, AnyPayload)
-    unknown = "include" if schema is AnyPayload else "raise"
-    data = schema().load(payload, unknown=unknown)
-    if job_type == "http" and settings is not None:
+    cls = BUILTIN_SCHEMAS.get(job_type, AnyPayload)
+    data = _schema(cls).load(payload, unknown="include" if cls is AnyPayload else "raise")
+    if job_type == "http" and settings is not None and settings.http_allowed_hosts:
         host = urlsplit(data["url"]).hostname or ""
         if not host_allowed(host, settings.http_allowed_hosts):
             raise ValidationError({"url": [f"host {host!r} is not allowed (CHRONOQ_HTTP_ALLOWED_HOSTS)"]})

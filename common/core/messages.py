@@ -5,14 +5,17 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
+from dataclasses import fields as dataclass_fields
 from datetime import datetime
 from typing import Any
 
+import orjson
 from marshmallow import Schema, ValidationError, fields, validate
 
 from common.infra.clock import ensure_aware, isoformat
@@ -22,7 +25,7 @@ from common.core.states import REPORTABLE
 VERSION = 1
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class DispatchMessage:
     """scheduled-jobs-topic: run attempt ``attempt`` of ``job_id`` at ``execute_at``."""
 
@@ -49,7 +52,7 @@ class DispatchMessage:
         return f"{self.job_id}:{self.key_attempt or self.attempt}"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class UpdateMessage:
     """scheduled-updated-jobs-topic: a transition of one attempt, reported by an executor."""
 
@@ -160,14 +163,25 @@ _UPDATE = _UpdateSchema()
 
 
 def _to_json(message: DispatchMessage | UpdateMessage) -> bytes:
+    # Shallow: payloads and outputs are JSON data already, and asdict's deep copy of them was
+    # most of the cost of an update (one is encoded per transition of every job).
     body: dict[str, Any] = {"v": VERSION}
-    for name, value in asdict(message).items():
+    for name in _field_names(type(message)):
+        value = getattr(message, name)
         if isinstance(value, datetime):
             value = isoformat(value)
         elif isinstance(value, uuid.UUID):
             value = str(value)
         body[name] = value
-    return json.dumps(body, separators=(",", ":"), default=str).encode()
+    try:
+        return orjson.dumps(body, default=str)
+    except (TypeError, orjson.JSONEncodeError):  # e.g. an integer beyond 64 bits
+        return json.dumps(body, separators=(",", ":"), default=str).encode()
+
+
+@functools.cache
+def _field_names(cls: type) -> tuple[str, ...]:
+    return tuple(f.name for f in dataclass_fields(cls))
 
 
 def _short(value: Any, limit: int = 60) -> str:

@@ -24,7 +24,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-from common.infra.clock import utcnow
+from common.infra import clock
 
 NAMING = {
     "ix": "ix_%(column_0_label)s",
@@ -39,6 +39,13 @@ _IN_FLIGHT_SQL = "status IN ('QUEUED', 'RUNNING', 'RETRYING')"
 _SCHEDULED_SQL = "status = 'SCHEDULED'"
 
 Timestamp = DateTime(timezone=True)
+
+
+def _now() -> datetime:
+    """Column default: the clock read when the row is written. A column keeps the callable it
+    was given at import time, so this looks ``clock.utcnow`` up on every call (a test's patch of
+    it then reaches the defaults too)."""
+    return clock.utcnow()
 
 
 class Base(DeclarativeBase):
@@ -71,8 +78,8 @@ class Job(Base):
     next_attempt_at: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
     idempotency_key: Mapped[str | None] = mapped_column(String(200), nullable=True, unique=True)
     request_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
-    created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
-    updated_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow, onupdate=utcnow)
+    created_at: Mapped[datetime] = mapped_column(Timestamp, default=_now)
+    updated_at: Mapped[datetime] = mapped_column(Timestamp, default=_now, onupdate=_now)
     started_at: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
     output: Mapped[Any | None] = mapped_column(JSON, nullable=True)
@@ -84,10 +91,12 @@ class Job(Base):
     )
 
     __table_args__ = (
-        # The scanner's "due before the horizon" query reads only SCHEDULED rows, by time.
+        # The scanner's "due before the horizon" query reads only SCHEDULED rows, in its own
+        # order (by time, then priority): a batch reads its rows, not every job of a busy second.
         Index(
             "ix_jobs_due",
             "execute_at",
+            priority.column.desc(),
             postgresql_where=text(_SCHEDULED_SQL),
             sqlite_where=text(_SCHEDULED_SQL),
         ),

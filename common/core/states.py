@@ -1,5 +1,6 @@
 """The job lifecycle as pure functions: which statuses exist, which are terminal, and whether an
-update is newer than what the database holds (invariant 6: status never moves backwards)."""
+update is newer than what the database holds (docs/architecture.md, invariant 6: status never
+moves backwards)."""
 
 from __future__ import annotations
 

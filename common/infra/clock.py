@@ -1,5 +1,8 @@
-"""The one place chronoq reads the wall clock. Logic takes ``now`` as an argument; tests patch
-:func:`utcnow` (or use freezegun) instead of every call site."""
+"""The one place chronoq reads the wall clock. Logic takes ``now`` as an argument; the code that
+reads the clock imports this module and calls ``clock.utcnow()`` at the moment it needs the time
+(never ``from common.infra.clock import utcnow``, which would keep a reference of its own). So a
+test sets the time for every call site at once with
+``monkeypatch.setattr(common.infra.clock, "utcnow", fake)`` (or freezegun)."""
 
 from __future__ import annotations
 

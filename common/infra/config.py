@@ -53,6 +53,23 @@ def _name(raw: str) -> str:
     return value
 
 
+#: How people write a PostgreSQL URL. SQLAlchemy 2.1 gives a bare ``postgresql://`` to psycopg 3
+#: and refuses ``postgres://`` (Heroku's and libpq's spelling); chronoq ships psycopg2.
+_POSTGRES_SCHEMES = {"postgresql", "postgres"}
+POSTGRES_DRIVER_SCHEME = "postgresql+psycopg2"
+
+
+def normalize_database_url(url: str) -> str:
+    """``url`` with ``postgresql://`` or ``postgres://`` spelled ``postgresql+psycopg2://``, the
+    driver chronoq installs. An explicit driver (``postgresql+asyncpg://``) and every other
+    database are left as they are."""
+    url = url.strip()
+    scheme, sep, rest = url.partition("://")
+    if sep and scheme.lower() in _POSTGRES_SCHEMES:
+        return f"{POSTGRES_DRIVER_SCHEME}://{rest}"
+    return url
+
+
 def _opt(env: str, default: Any, parse: Callable[[str], Any], help: str) -> Any:
     return field(default=default, metadata={"env": PREFIX + env, "parse": parse, "help": help})
 
@@ -64,7 +81,8 @@ class Settings:
     home: str = _opt("HOME", ".chronoq", str, "Directory for local state: SQLite file, broker port, logs.")
     database_url: str = _opt(
         "DATABASE_URL", "", str,
-        "SQLAlchemy URL of the database; default: a SQLite file in CHRONOQ_HOME.",
+        "SQLAlchemy URL of the database (`postgresql://user:password@host:5432/db`; `postgres://` "
+        "works too); default: a SQLite file in CHRONOQ_HOME.",
     )
     db_pool_size: int = _opt("DB_POOL_SIZE", 10, _positive(int), "Connections per process (PostgreSQL).")
     kafka_bootstrap: str = _opt("KAFKA_BOOTSTRAP", "127.0.0.1:9092", str, "Kafka bootstrap servers, comma separated.")
@@ -108,7 +126,20 @@ class Settings:
         "executor's last heartbeat) before the scanner dispatches it again.",
     )
     executor_id: str = _opt("EXECUTOR_ID", "", str, "Name of this executor in the history; default host:pid.")
-    executor_workers: int = _opt("EXECUTOR_WORKERS", 32, _positive(int), "Jobs one executor runs at once.")
+    executor_workers: int = _opt(
+        "EXECUTOR_WORKERS", 32, _positive(int),
+        "Threads for job handlers written as plain functions (user handlers); the built-in types "
+        "run on the executor's event loop and do not take one.",
+    )
+    claim_ahead_seconds: float = _opt(
+        "CLAIM_AHEAD_SECONDS", 0.5, _positive(float),
+        "An executor claims each attempt's start this long before it is due, many in one "
+        "statement; a cancel after the claim answers 409.",
+    )
+    http_pool_size: int = _opt(
+        "HTTP_POOL_SIZE", 100, _positive(int),
+        "Keep-alive connections one executor holds open for http jobs, across all hosts.",
+    )
     default_max_retries: int = _opt("DEFAULT_MAX_RETRIES", 3, int, "Retries of a job that does not say (0-10).")
     default_timeout_seconds: float = _opt(
         "DEFAULT_TIMEOUT_SECONDS", 300.0, _positive(float), "Timeout of a job that does not say."
@@ -150,9 +181,10 @@ class Settings:
 
     @property
     def resolved_database_url(self) -> str:
-        """The database URL, defaulting to a SQLite file in :attr:`home`."""
+        """The database URL, defaulting to a SQLite file in :attr:`home`; a PostgreSQL URL
+        without a driver gets psycopg2 (:func:`normalize_database_url`)."""
         if self.database_url:
-            return self.database_url
+            return normalize_database_url(self.database_url)
         return f"sqlite:///{Path(self.home).resolve() / 'chronoq.db'}"
 
     @property

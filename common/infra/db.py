@@ -1,20 +1,25 @@
 """The one database session helper: an engine per URL and a transactional ``session_scope``.
-Driver errors that mean "the database is not there" become :class:`DatabaseUnavailable`."""
+Driver errors that mean "the database is not there" become :class:`DatabaseUnavailable`; a URL no
+engine can be built from (unknown scheme, driver not installed) becomes :class:`ConfigError`.
+Both name ``CHRONOQ_DATABASE_URL``, with its password masked."""
 
 from __future__ import annotations
 
+import re
 import threading
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from common.infra.config import Settings
-from common.infra.errors import DatabaseUnavailable
+from common.infra.config import PREFIX, Settings
+from common.infra.errors import ConfigError, DatabaseUnavailable
+
+DATABASE_URL_ENV = PREFIX + "DATABASE_URL"
 
 _lock = threading.Lock()
 _engines: dict[str, Engine] = {}
@@ -39,13 +44,56 @@ def _sqlite_begin(conn) -> None:  # type: ignore[no-untyped-def]
     conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
+def masked_url(url: str) -> str:
+    """``url`` with its password shown as ``***``, for messages and logs."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except (ArgumentError, ValueError):  # not parseable: mask what sits between "user:" and "@"
+        return re.sub(r":[^:/@\s]+@", ":***@", url)
+
+
+def _one_line(exc: BaseException) -> str:
+    # Driver messages (psycopg2's above all) span several lines; a start-up error is one.
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _unusable(url: str, exc: Exception) -> ConfigError:
+    """The :class:`ConfigError` for a URL that no engine can be built from."""
+    if isinstance(exc, NoSuchModuleError):
+        reason = (
+            f"unknown database scheme {url.partition('://')[0]!r}; use "
+            "postgresql://user:password@host:5432/dbname or sqlite:///path/to/file.db"
+        )
+    elif isinstance(exc, ImportError):
+        reason = (
+            f"its database driver is not installed ({_one_line(exc)}); chronoq ships psycopg2 "
+            "for postgresql:// URLs (SQLite needs no driver)"
+        )
+    else:
+        reason = f"not a usable database URL ({_one_line(exc)})"
+    return ConfigError(f"{DATABASE_URL_ENV}={masked_url(url)}: {reason}")
+
+
+def _create(url: str, **kwargs: Any) -> Engine:
+    # create_engine loads the dialect and imports the driver but does not connect: what fails
+    # here is the URL, never the network.
+    try:
+        return create_engine(url, **kwargs)
+    except (ArgumentError, ImportError, ValueError, TypeError) as exc:
+        raise _unusable(url, exc) from None
+
+
 def build_engine(url: str, pool_size: int = 10) -> Engine:
-    """A new engine for ``url``; SQLite gets WAL and a busy timeout, PostgreSQL a checked pool."""
-    parsed = make_url(url)
+    """A new engine for ``url``; SQLite gets WAL and a busy timeout, PostgreSQL a checked pool.
+    Raises :class:`ConfigError` naming the variable if no engine can be built from ``url``."""
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError) as exc:
+        raise _unusable(url, exc) from None
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+        engine = _create(url, connect_args={"timeout": 30, "check_same_thread": False})
         event.listen(engine, "connect", _sqlite_connect)
         event.listen(engine, "begin", _sqlite_begin)
         return engine
@@ -54,7 +102,7 @@ def build_engine(url: str, pool_size: int = 10) -> Engine:
         # Batched UPDATE executemany: the scanner and the result writer update hundreds of
         # rows per transaction, one round trip per page instead of per row.
         extra["executemany_mode"] = "values_plus_batch"
-    return create_engine(
+    return _create(
         url,
         **extra,
         pool_size=pool_size,
@@ -112,3 +160,26 @@ def ping(settings: Settings) -> None:
     """Raise :class:`DatabaseUnavailable` unless the database answers ``SELECT 1``."""
     with session_scope(settings) as session:
         session.execute(text("SELECT 1"))
+
+
+def check_database_url(settings: Settings) -> None:
+    """Raise :class:`ConfigError` naming ``CHRONOQ_DATABASE_URL`` unless an engine can be built
+    from it (known scheme, driver installed). Connects to nothing and creates no file."""
+    url = settings.resolved_database_url
+    _create(url).dispose()
+
+
+def check_database(settings: Settings) -> None:
+    """The start-up check: :func:`check_database_url`, then one ``SELECT 1``; a database that
+    does not answer raises :class:`DatabaseUnavailable` naming ``CHRONOQ_DATABASE_URL``."""
+    url = settings.resolved_database_url
+    engine = build_engine(url, pool_size=1)
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+    except DBAPIError as exc:
+        raise DatabaseUnavailable(
+            f"{DATABASE_URL_ENV}={masked_url(url)}: cannot connect to the database ({_one_line(exc.orig)})"
+        ) from None
+    finally:
+        engine.dispose()

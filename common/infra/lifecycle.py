@@ -1,14 +1,16 @@
-"""Stopping cleanly: SIGTERM/SIGINT set a stop event; a second signal exits at once."""
+"""Starting and stopping a service. At start-up a bad setting or a database that cannot be used
+ends the process with one line naming the variable and an exit code, not a traceback; after
+that, SIGTERM/SIGINT set a stop event and a second signal exits at once."""
 
 from __future__ import annotations
 
 import logging
 import os
 import signal
+import sys
 import threading
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
-from typing import Callable, Iterator, Protocol
+from typing import TYPE_CHECKING, Callable, Iterator, Protocol
 
 if TYPE_CHECKING:
     from common.infra.config import Settings
@@ -51,17 +53,36 @@ class Service(Protocol):
 
 
 def load_or_exit(name: str) -> "Settings":
-    """Settings from the environment; a bad one exits with code 2 and a line naming it."""
-    import sys
-
+    """Settings from the environment; a bad one exits with code 2 and a line naming it. That
+    includes a CHRONOQ_DATABASE_URL no engine can be built from (unknown scheme, driver not
+    installed), found here without connecting."""
     from common.infra.config import load_settings
+    from common.infra.db import check_database_url
     from common.infra.errors import ConfigError
 
     try:
-        return load_settings()
+        settings = load_settings()
+        check_database_url(settings)
+        return settings
     except ConfigError as exc:
         print(f"chronoq {name}: invalid setting {exc}", file=sys.stderr)
         raise SystemExit(EXIT_CONFIG) from None
+
+
+def database_or_exit(name: str, settings: "Settings") -> None:
+    """Exit with code 3 and one line naming CHRONOQ_DATABASE_URL unless the database answers.
+    Only at start-up: once running, services wait an outage out instead."""
+    from common.infra.db import check_database
+    from common.infra.errors import ConfigError, DatabaseUnavailable
+
+    try:
+        check_database(settings)
+    except ConfigError as exc:
+        print(f"chronoq {name}: invalid setting {exc}", file=sys.stderr)
+        raise SystemExit(EXIT_CONFIG) from None
+    except DatabaseUnavailable as exc:
+        print(f"chronoq {name}: {exc}", file=sys.stderr)
+        raise SystemExit(EXIT_UNAVAILABLE) from None
 
 
 def run_service(name: str, build: Callable[["Settings", threading.Event], Service]) -> int:
@@ -73,6 +94,7 @@ def run_service(name: str, build: Callable[["Settings", threading.Event], Servic
 
     settings = load_or_exit(name)
     setup_logging(settings.log_level, name)
+    database_or_exit(name, settings)
     with on_stop(threading.Event(), name) as stop:
         service = build(settings, stop)
         health = HealthServer(settings, getattr(service, "health", lambda: (True, {})), name).start()

@@ -10,8 +10,8 @@ import os
 import sys
 
 from common.infra.config import options, options_help
-from common.infra.errors import ChronoqError
-from common.infra.lifecycle import EXIT_OK, EXIT_UNAVAILABLE, load_or_exit
+from common.infra.errors import ChronoqError, ConfigError
+from common.infra.lifecycle import EXIT_CONFIG, EXIT_OK, EXIT_UNAVAILABLE, load_or_exit
 from common.infra.logs import setup_logging
 
 SERVICES = {
@@ -57,7 +57,9 @@ def main(argv: list[str] | None = None) -> int:
             return run_local(settings, port=args.port, home=args.home, executors=args.executors)
         if args.command == "migrate":
             from common.core.migrate import upgrade
+            from common.infra.db import check_database
 
+            check_database(settings)  # one line naming CHRONOQ_DATABASE_URL, not Alembic's traceback
             upgrade(settings)
         elif args.command == "topics":
             from common.infra.kafka import ensure_topics
@@ -68,6 +70,9 @@ def main(argv: list[str] | None = None) -> int:
             for env, _help, _default in options():
                 field = env.removeprefix("CHRONOQ_").lower()
                 print(f"{env}={getattr(settings, field)!r}")
+    except ConfigError as exc:
+        log.error("invalid setting %s", exc)
+        return EXIT_CONFIG
     except ChronoqError as exc:
         log.error("%s", exc)
         return EXIT_UNAVAILABLE

@@ -19,6 +19,7 @@ import requests
 
 from common.launch.broker import LocalBroker, free_port
 from common.infra.config import Settings
+from common.infra.db import check_database, masked_url
 from common.infra.kafka import ensure_topics
 from common.infra.lifecycle import EXIT_OK, on_stop
 from common.core.migrate import upgrade
@@ -126,12 +127,17 @@ def restart_broker(broker: LocalBroker, settings: Settings, why: str) -> LocalBr
 
 
 def run_local(settings: Settings, *, port: int | None = None, home: str | None = None, executors: int = 1) -> int:
-    """Run everything until stopped; returns the exit code."""
+    """Run everything until stopped; returns the exit code. Raises :class:`ConfigError` or
+    :class:`DatabaseUnavailable` (naming CHRONOQ_DATABASE_URL) before starting anything when
+    the database cannot be used."""
     home_dir = Path(home or settings.home).resolve()
-    log_dir = home_dir / "logs"
-    log_dir.mkdir(parents=True, exist_ok=True)
     settings = replace(settings, home=str(home_dir), api_port=port or settings.api_port)
     sqlite = not settings.database_url
+    # Before anything starts: a database that cannot be used is one line (ConfigError or
+    # DatabaseUnavailable, reported by the CLI), not a traceback after the broker came up.
+    check_database(settings)
+    log_dir = home_dir / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
 
     broker = LocalBroker(log_path=log_dir / "broker.log").start()
     (home_dir / "broker.port").write_text(f"{broker.port}\n")
@@ -167,7 +173,7 @@ def run_local(settings: Settings, *, port: int | None = None, home: str | None =
                 f"\nchronoq is up (state in {settings.home})\n"
                 f"  API      {base}/api/jobs\n"
                 f"  docs     {base}/docs  (OpenAPI: {base}/openapi.json)\n"
-                f"  database {settings.resolved_database_url}\n"
+                f"  database {masked_url(settings.resolved_database_url)}\n"
                 f"  broker   {broker.bootstrap} (tansu, memory storage)\n"
                 f"  logs     {log_dir}\n"
                 "Press Ctrl-C to stop.\n",

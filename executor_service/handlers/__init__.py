@@ -14,6 +14,8 @@ from common.core.jobtypes import user_handlers
 from executor_service.context import HandlerContext
 from executor_service.handlers import builtin, http, shell
 
+#: A handler is a coroutine function (run on the executor's event loop) or a plain function
+#: (run on one of the executor's handler threads); both take ``(payload, context)``.
 Handler = Callable[[dict[str, Any], HandlerContext], Any]
 
 BUILTINS: dict[str, Handler] = {
@@ -24,8 +26,10 @@ BUILTINS: dict[str, Handler] = {
     "shell": shell.run,
 }
 
-#: Types whose handler enforces the deadline itself (the others rely on the helper thread).
-NATIVE_TIMEOUT = frozenset({"http", "shell"})
+#: Types whose handler ends by its deadline on its own (``http`` through its client timeout,
+#: ``shell`` by killing its process; ``noop`` and ``fail`` return at once), so they need no
+#: watchdog timer of the runner's.
+NATIVE_TIMEOUT = frozenset({"http", "shell", "noop", "fail"})
 
 _imported: dict[str, Handler] = {}
 _lock = threading.Lock()

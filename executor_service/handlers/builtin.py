@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
-from common.infra.errors import ChronoqError, JobTimeout
+from common.infra.errors import ChronoqError
 
 from executor_service.context import HandlerContext
 
@@ -13,23 +14,18 @@ class JobFailed(ChronoqError):
     """The job reported a failure."""
 
 
-def noop(payload: dict[str, Any], context: HandlerContext) -> dict[str, Any]:
+async def noop(payload: dict[str, Any], context: HandlerContext) -> dict[str, Any]:
     """Do nothing, successfully."""
     return {"ok": True}
 
 
-def sleep(payload: dict[str, Any], context: HandlerContext) -> dict[str, Any]:
-    """Wait ``seconds``; returns early (as a timeout) when the runner abandons the attempt."""
+async def sleep(payload: dict[str, Any], context: HandlerContext) -> dict[str, Any]:
+    """Wait ``seconds`` (the runner cancels it at the job's timeout)."""
     seconds = float(payload["seconds"])
-    if seconds > context.remaining():
-        # It cannot finish in time: wait out the timeout, then fail like any timed-out job.
-        context.abandoned.wait(context.remaining())
-        raise JobTimeout(f"timed out after {context.timeout_seconds:g}s")
-    if context.abandoned.wait(seconds):
-        raise JobTimeout(f"timed out after {context.timeout_seconds:g}s")
+    await asyncio.sleep(seconds)
     return {"slept": seconds}
 
 
-def fail(payload: dict[str, Any], context: HandlerContext) -> None:
+async def fail(payload: dict[str, Any], context: HandlerContext) -> None:
     """Fail every attempt with ``message``."""
     raise JobFailed(str(payload["message"]))

@@ -1,15 +1,16 @@
-"""The ``http`` job type: one request with requests; a network error or a status outside
-``expect_status`` fails the attempt."""
+"""The ``http`` job type: one request on a pooled keep-alive connection (aiohttp); a network
+error or a status outside ``expect_status`` fails the attempt."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 from urllib.parse import urlsplit
 
-import requests
+import aiohttp
 
-from common.infra.errors import ChronoqError, JobTimeout
 from common.core.jobtypes import host_allowed
+from common.infra.errors import ChronoqError, JobTimeout
 
 from executor_service.context import HandlerContext, PermanentFailure
 
@@ -20,20 +21,43 @@ class HttpFailed(ChronoqError):
     """The HTTP request failed."""
 
 
-def _read_head(response: requests.Response, limit: int, context: HandlerContext) -> str:
+class Pool:
+    """The executor's connection pool: one aiohttp session per event loop, opened on first
+    use, so each request reuses a warm connection instead of paying a TCP handshake."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._session: aiohttp.ClientSession | None = None
+
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=self.size, ttl_dns_cache=60),
+                # Headers and cookies are per job: nothing from one request leaks into the next.
+                cookie_jar=aiohttp.DummyCookieJar(),
+                trust_env=False,
+            )
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None and not self._session.closed:
+            await self._session.close()
+
+
+async def _read_head(response: aiohttp.ClientResponse, limit: int) -> str:
     # Read only what is kept: a huge body must not fill memory or outlast the deadline.
     chunks: list[bytes] = []
     size = 0
-    for chunk in response.iter_content(chunk_size=1024):
+    while size < limit:
+        chunk = await response.content.read(limit - size)
+        if not chunk:
+            break
         chunks.append(chunk)
         size += len(chunk)
-        if size >= limit or context.remaining() <= 0:
-            break
-    raw = b"".join(chunks)[:limit]
-    return raw.decode(response.encoding or "utf-8", errors="replace")
+    return b"".join(chunks).decode(response.charset or "utf-8", errors="replace")
 
 
-def call(payload: dict[str, Any], context: HandlerContext) -> dict[str, Any]:
+async def call(payload: dict[str, Any], context: HandlerContext) -> dict[str, Any]:
     """Send the request; output ``{"status", "body"}`` (the body's first 4 KiB as text)."""
     url = payload["url"]
     host = urlsplit(url).hostname or ""
@@ -53,24 +77,27 @@ def call(payload: dict[str, Any], context: HandlerContext) -> dict[str, Any]:
         kwargs["json"] = payload["json"]
     elif payload.get("body") is not None:
         kwargs["data"] = payload["body"].encode()
+    pool = context.http or Pool(1)
     try:
-        with requests.request(
+        async with pool.session().request(
             payload.get("method") or "POST",
             url,
             headers=headers,
-            timeout=(remaining, remaining),
-            stream=True,
+            timeout=aiohttp.ClientTimeout(total=remaining),
             # With an allow-list, a redirect could lead to a host that is not on it (SSRF), so
             # redirects are not followed; a 3xx then counts like any other status.
             allow_redirects=not allowed,
             **kwargs,
         ) as response:
-            body = _read_head(response, BODY_LIMIT, context)
-            status = response.status_code
-    except requests.Timeout as exc:
-        raise JobTimeout(f"timed out after {context.timeout_seconds:g}s: {exc}") from exc
-    except requests.RequestException as exc:
+            body = await _read_head(response, BODY_LIMIT)
+            status = response.status
+    except asyncio.TimeoutError as exc:
+        raise JobTimeout(f"timed out after {context.timeout_seconds:g}s") from exc
+    except (aiohttp.ClientError, ValueError) as exc:  # ValueError: a URL aiohttp cannot use
         raise HttpFailed(f"{type(exc).__name__}: {exc}") from exc
+    finally:
+        if context.http is None:
+            await pool.close()
     expected = payload.get("expect_status")
     ok = status in expected if expected else 200 <= status < 300
     if not ok:

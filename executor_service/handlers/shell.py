@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 from typing import Any
@@ -31,28 +32,43 @@ def base_env() -> dict[str, str]:
     }
 
 
-def run(payload: dict[str, Any], context: HandlerContext) -> dict[str, Any]:
-    """Run ``argv``; output ``{"exit_code", "stdout", "stderr"}`` (tails); non-zero exit fails."""
+async def run(payload: dict[str, Any], context: HandlerContext) -> dict[str, Any]:
+    """Run ``argv``; output ``{"exit_code", "stdout", "stderr"}`` (tails); non-zero exit fails.
+    The command is killed at the job's timeout."""
     remaining = context.remaining()
     if remaining <= 0:
         raise JobTimeout(f"timed out after {context.timeout_seconds:g}s")
     env = {**base_env(), **(payload.get("env") or {})}
+    argv = list(payload["argv"])
     try:
-        # subprocess.run kills the child when the timeout expires.
-        done = subprocess.run(
-            list(payload["argv"]),
+        process = await asyncio.create_subprocess_exec(
+            *argv,
             cwd=payload.get("cwd") or None,
             env=env,
             stdin=subprocess.DEVNULL,
-            capture_output=True,
-            timeout=remaining,
-            check=False,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
         )
-    except subprocess.TimeoutExpired as exc:
-        raise JobTimeout(f"timed out after {context.timeout_seconds:g}s") from exc
     except OSError as exc:  # no such program, not executable, bad cwd
-        raise CommandFailed(f"cannot run {payload['argv'][0]!r}: {exc}") from exc
-    output = {"exit_code": done.returncode, "stdout": _tail(done.stdout), "stderr": _tail(done.stderr)}
-    if done.returncode != 0:
-        raise CommandFailed(f"exit code {done.returncode}: {output['stderr'][-500:].strip()}")
+        raise CommandFailed(f"cannot run {argv[0]!r}: {exc}") from exc
+    try:
+        stdout, stderr = await asyncio.wait_for(process.communicate(), remaining)
+    except asyncio.TimeoutError:
+        await _kill(process)
+        raise JobTimeout(f"timed out after {context.timeout_seconds:g}s") from None
+    except asyncio.CancelledError:  # the runner's deadline: no child outlives its job
+        await asyncio.shield(_kill(process))
+        raise
+    output = {"exit_code": process.returncode, "stdout": _tail(stdout), "stderr": _tail(stderr)}
+    if process.returncode != 0:
+        raise CommandFailed(f"exit code {process.returncode}: {output['stderr'][-500:].strip()}")
     return output
+
+
+async def _kill(process: asyncio.subprocess.Process) -> None:
+    if process.returncode is None:
+        try:
+            process.kill()
+        except ProcessLookupError:
+            pass
+    await process.wait()

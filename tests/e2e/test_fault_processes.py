@@ -1,15 +1,15 @@
 """Process faults, end to end: the four services run as processes over the real PostgreSQL and
 tansu, and each test breaks one of them the way production would (SIGKILL = a crash, SIGTERM =
-a deploy). Each test checks the guarantees (README, "What chronoq guarantees") that the fault threatens
+a deploy). Each test checks the invariants (docs/architecture.md, section 3) that the fault threatens
 — no job lost, no double start, on time (or late by a bound the settings justify), updates
 idempotent — and prints its figures (``pytest -s`` shows them).
 
 The e2e settings (tests/e2e/conftest.py): lease 6 s, sweep 1 s, scan window 2 s, consumer
 session timeout 6 s (a tansu group join then takes ~3-5 s), 3 partitions per topic.
 
-Waits are for conditions, with bounds made for a loaded 2-core machine; a lateness bound is the
-one the design justifies from the settings (a lease, a session timeout, a group join, a scan
-window), never an idle machine's figure."""
+Waits are for conditions, with bounds made for a loaded 2-core machine; a lateness bound is one
+the settings justify (a lease, a session timeout, a group join, a scan window), never an idle
+machine's figure."""
 
 from __future__ import annotations
 

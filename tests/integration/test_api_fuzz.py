@@ -1,4 +1,4 @@
-"""The HTTP API against bad input (README, "What chronoq guarantees": bad input gets a clear error and changes
+"""The HTTP API against bad input (docs/architecture.md, invariant 7: bad input gets a clear error and changes
 nothing).
 
 Two parts: schemathesis fuzzes every operation of the API's own OpenAPI document (valid and
@@ -52,6 +52,7 @@ NO_BROKER = "127.0.0.1:1"
 # A new endpoint fails test_every_documented_operation_is_fuzzed until it is listed here.
 OPERATIONS: dict[tuple[str, str], int] = {
     ("POST", "/api/jobs"): 120,
+    ("POST", "/api/jobs/batch"): 40,
     ("GET", "/api/jobs"): 80,
     ("GET", "/api/jobs/{job_id}"): 40,
     ("DELETE", "/api/jobs/{job_id}"): 40,
@@ -65,6 +66,7 @@ OPERATIONS: dict[tuple[str, str], int] = {
 # Answers each fuzz run must have produced, so that it reached past validation and lookup.
 EXPECTED_STATUSES: dict[tuple[str, str], set[int]] = {
     ("POST", "/api/jobs"): {201, 422, 400},
+    ("POST", "/api/jobs/batch"): {200},
     ("GET", "/api/jobs"): {200, 422},
     ("GET", "/api/jobs/{job_id}"): {200, 404},
     ("DELETE", "/api/jobs/{job_id}"): {200, 404, 409},
@@ -256,6 +258,7 @@ def test_fuzz_operation(app: Flask, settings: Settings, method: str, path: str) 
     operation = load_schema(app)[path][method]
     checks = [not_a_server_error, response_schema_conformance]
     is_create = (method, path) == ("POST", "/api/jobs")
+    is_batch = (method, path) == ("POST", "/api/jobs/batch")
     seen: Counter[int] = Counter()
 
     @hypothesis.settings(
@@ -269,7 +272,7 @@ def test_fuzz_operation(app: Flask, settings: Settings, method: str, path: str) 
     )
     @given(case=_case_strategy(operation, api_settings, ids))
     def fuzz(case: schemathesis.Case) -> None:
-        before = count_jobs(settings) if is_create else None
+        before = count_jobs(settings) if is_create or is_batch else None
         response = case.call()
         seen[response.status_code] += 1
         case.validate_response(response, checks=checks)
@@ -277,8 +280,10 @@ def test_fuzz_operation(app: Flask, settings: Settings, method: str, path: str) 
             body = response.json()
             assert isinstance(body, dict) and set(body) <= ERROR_KEYS and body.get("code") == response.status_code \
                 and body.get("message"), body
-            if is_create:
+            if is_create or is_batch:
                 assert count_jobs(settings) == before, "a rejected create stored something"
+        elif is_batch:
+            assert count_jobs(settings) == before + response.json()["created"]
         elif is_create:
             assert response.status_code in (200, 201), response.status_code
             assert count_jobs(settings) == before + (response.status_code == 201)

@@ -12,6 +12,8 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 from kafka import KafkaConsumer, TopicPartition
+from kafka.errors import KafkaTimeoutError
+from kafka.future import Future
 
 import api.create
 from api import create_app
@@ -21,7 +23,7 @@ from common.infra.db import session_scope
 from common.core.messages import decode_dispatch
 from common.core.models import Job, JobAttempt
 from common.core.states import JobStatus
-from tests.helpers import add_job, count_jobs
+from tests.helpers import add_job, count_jobs, get_job, wait_for
 
 UNREACHABLE_DB = "postgresql+psycopg2://postgres@127.0.0.1:1/x"
 
@@ -373,8 +375,8 @@ def test_metrics_count_requests_and_creations(client: FlaskClient) -> None:
 
 
 def consume_dispatches(settings: Settings, job_id: str, timeout_s: float = 30) -> list[Any]:
-    """Every dispatch of ``job_id`` on the jobs topic, read to the topic's end: the API answered
-    only once the broker acknowledged its publish, so nothing is still on its way."""
+    """Every dispatch of ``job_id`` on the jobs topic, read to the topic's end: call it after the
+    app was closed (its producer flushed), so nothing is still on its way."""
     consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, group_id=None, enable_auto_commit=False)
     found: list[Any] = []
     try:
@@ -403,8 +405,9 @@ def test_a_job_due_soon_is_dispatched_by_the_api(kafka_settings: Settings) -> No
         assert soon.get_json()["status"] == "QUEUED"
         later = client.post("/api/jobs", json=job_body(execute_at=in_(3600)))
         assert later.get_json()["status"] == "SCHEDULED"
-        metrics = client.get("/metrics").get_data(as_text=True)
-        assert 'chronoq_api_direct_dispatches_total{outcome="published"} 1.0' in metrics
+        # The API answers without waiting for Kafka; the acknowledgement is counted when it comes.
+        published = 'chronoq_api_direct_dispatches_total{outcome="published"} 1.0'
+        wait_for(lambda: published in client.get("/metrics").get_data(as_text=True), timeout=15, what=published)
     job_id = soon.get_json()["id"]
     with session_scope(settings) as session:
         assert session.get(Job, uuid.UUID(job_id)).status == "QUEUED"
@@ -414,6 +417,28 @@ def test_a_job_due_soon_is_dispatched_by_the_api(kafka_settings: Settings) -> No
     assert messages[0].token == 1 and messages[0].attempt == 1
     assert messages[0].execute_at == datetime.fromisoformat(soon.get_json()["execute_at"])
     assert consume_dispatches(settings, later.get_json()["id"]) == []
+
+
+def test_a_direct_dispatch_kafka_refuses_later_is_handed_back_to_the_scanner(settings: Settings) -> None:
+    settings = replace(settings, scan_interval_seconds=60.0)
+    sent: list[Future] = []
+
+    class QueueingProducer:
+        def send(self, topic: str, key: bytes, value: bytes) -> Future:
+            sent.append(Future())
+            return sent[-1]
+
+    producer = QueueingProducer()
+    for client in make_client(settings):
+        client.application.extensions["chronoq"].producer = lambda: producer
+        response = client.post("/api/jobs", json=job_body(execute_at=..., delay_seconds=3))
+        assert response.get_json()["status"] == "QUEUED"  # claimed; its publish is under way
+        job_id = uuid.UUID(response.get_json()["id"])
+        sent[0].failure(KafkaTimeoutError("no acknowledgement"))
+        wait_for(lambda: get_job(settings, job_id).status == "SCHEDULED", timeout=15, what="the hand-back")
+        assert get_job(settings, job_id).lease_until is None
+        metrics = client.get("/metrics").get_data(as_text=True)
+        assert 'chronoq_api_direct_dispatches_total{outcome="unpublished"} 1.0' in metrics
 
 
 def test_a_job_due_soon_is_stored_when_kafka_is_down(settings: Settings) -> None:

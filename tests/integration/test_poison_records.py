@@ -118,16 +118,16 @@ def test_executor_dead_letters_every_bad_record_and_moves_on(kafka_settings: Set
     tries: list[uuid.UUID] = []
 
     executor: Executor = run_in_thread(lambda stop: Executor(settings, stop))
-    schedule = executor.schedule
+    schedule_many = executor.schedule_many
 
-    def schedule_or_throw(message: Any) -> bool:
+    def schedule_or_throw(messages: list[Any]) -> bool:
         # A valid message that makes the handler throw, every time it is handled.
-        if message.job_id == poison:
-            tries.append(message.job_id)
+        if any(message.job_id == poison for message in messages):
+            tries.append(poison)
             raise RuntimeError("handler bug triggered by this job")
-        return schedule(message)
+        return schedule_many(messages)
 
-    executor.schedule = schedule_or_throw  # type: ignore[method-assign]
+    executor.schedule_many = schedule_or_throw  # type: ignore[method-assign]
     wait_for(executor.ready.is_set, JOIN_TIMEOUT, what="the executor to join its group")
 
     bad = bad_records(encode_dispatch(claimed[good]), settings.max_message_bytes)
@@ -150,7 +150,7 @@ def test_executor_dead_letters_every_bad_record_and_moves_on(kafka_settings: Set
     assert len(tries) == 1 + POISON_TRIES
     wait_for(lambda: committed_past(settings, settings.executor_group, settings.topic_jobs, first + len(records) - 1),
              timeout=30, what="the executors' group to commit past every record")
-    assert executor.loop.health.dead_lettered == len(bad) + 1
+    assert executor.consumer.health.dead_lettered == len(bad) + 1
     print("\nexecutor dead letters: " + "; ".join(f"{n}: {by_offset[i]['reason'][:70]}" for i, n in enumerate(names)))
 
 

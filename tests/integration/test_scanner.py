@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-from datetime import timedelta
 
 from common.infra.clock import utcnow
 from common.infra.kafka import Producer
@@ -77,13 +76,20 @@ def test_run_loop_dispatches_a_job_created_later(kafka_settings):
     thread = threading.Thread(target=scanner.run)
     thread.start()
     try:
-        job_id = add_job(kafka_settings, due_in=3)  # beyond nothing: the next wake picks it up
+        first = add_job(kafka_settings, due_in=-1)  # overdue: once it is QUEUED, the loop has scanned
+        wait_for(lambda: get_job(kafka_settings, first).status == "QUEUED", timeout=30, what="the first scan")
+        job_id = add_job(kafka_settings, due_in=3)  # created after that scan: a later wake must take it
         wait_for(lambda: get_job(kafka_settings, job_id).status == "QUEUED", timeout=30, what="dispatch")
     finally:
         stop.set()
         thread.join(30)
     assert not thread.is_alive()
-    assert get_job(kafka_settings, job_id).execute_at - utcnow() < timedelta(seconds=3)
+    records = read_topic(kafka_settings, kafka_settings.topic_jobs, expect=2, timeout=30)
+    published = {decode_dispatch(r.value).job_id: decode_dispatch(r.value) for r in records}
+    assert set(published) == {first, job_id}
+    job = get_job(kafka_settings, job_id)
+    assert published[job_id].token == job.dispatch_token == 1
+    assert published[job_id].execute_at == job.execute_at
 
 
 def test_producer_fails_fast_while_the_broker_is_known_to_be_down(settings):

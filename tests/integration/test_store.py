@@ -5,10 +5,17 @@ from __future__ import annotations
 import threading
 import uuid
 from datetime import timedelta
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+import sqlalchemy as sa
 
 from common.core import store
-from common.infra.clock import utcnow
-from common.infra.db import session_scope
+from common.core.migrate import upgrade
+from common.infra.clock import ensure_aware, utcnow
+from common.infra.config import Settings, load_settings
+from common.infra.db import get_engine, session_scope
 from common.core.messages import UpdateMessage
 from common.core.models import JobAttempt
 from tests.helpers import add_job, get_job
@@ -204,3 +211,93 @@ def test_an_attempt_not_running_is_not_counted_lost(settings):
     later = now + timedelta(seconds=11)
     rerun = claim(settings, later, later).messages[0]
     assert rerun.idempotency_key != first.idempotency_key and get_job(settings, job_id).lost_attempts == 0
+
+
+# The claim and the result batch write every row with one statement on PostgreSQL and with an
+# executemany on SQLite (the local run): both must leave the same rows behind.
+
+
+@pytest.fixture(params=["postgresql", "sqlite"])
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Settings]:
+    if request.param == "postgresql":
+        yield request.getfixturevalue("settings")
+        return
+    local = load_settings({}, database_url=f"sqlite:///{tmp_path / 'chronoq.db'}")
+    upgrade(local)
+    yield local
+
+
+def test_a_claim_leaves_each_job_as_its_message_says(database):
+    now = utcnow()
+    first = add_job(database, due_in=-5)  # overdue first dispatch: fires at its due time
+    handed_back = add_job(database, due_in=-60, attempts=1, dispatch_token=3, error="boom",
+                          next_attempt_at=now + timedelta(seconds=20))  # a retry waiting out its backoff
+    later = add_job(database, due_in=3600)
+    with session_scope(database) as session:
+        claimed = store.claim_due(session, now=now, horizon=now + timedelta(seconds=60), lease=10, limit=100)
+    messages = {m.job_id: m for m in claimed.messages}
+    assert set(messages) == {first, handed_back}
+    assert (messages[first].token, messages[first].attempt) == (1, 1)
+    assert messages[first].execute_at == ensure_aware(get_job(database, first).execute_at)
+    assert (messages[handed_back].token, messages[handed_back].attempt) == (4, 2)
+    assert messages[handed_back].execute_at == now + timedelta(seconds=20)
+    for job_id, message in messages.items():
+        job = get_job(database, job_id)
+        assert (job.status, job.dispatch_token, job.lost_attempts) == ("QUEUED", message.token, 0)
+        assert ensure_aware(job.lease_until) == max(message.execute_at, now) + timedelta(seconds=10)
+    assert get_job(database, later).status == "SCHEDULED"
+
+
+def test_a_run_lost_with_its_executor_is_dispatched_again_then_failed_when_none_is_left(database):
+    job_id = add_job(database, due_in=0, max_retries=1)
+    now = utcnow()
+    for attempt in (1, 2):
+        with session_scope(database) as session:
+            (message,) = store.claim_due(session, now=now, horizon=now, lease=10, limit=10).messages
+            assert message.attempt == attempt and message.key_attempt == 1  # a lost run keeps its key
+            assert store.claim_start(session, message, executor=f"e{attempt}", now=now, lease=10)
+        now += timedelta(seconds=11)  # silent past its lease
+    with session_scope(database) as session:
+        claimed = store.claim_due(session, now=now, horizon=now, lease=10, limit=10)
+    assert claimed.messages == [] and claimed.exhausted == [job_id]
+    job = get_job(database, job_id)
+    assert (job.status, job.lost_attempts, job.lease_until) == ("FAILED", 2, None)
+    assert job.error == "attempt 2 lost (lease expired) and no retries left"
+    with session_scope(database) as session:
+        rows = session.query(JobAttempt).filter_by(job_id=job_id).order_by(JobAttempt.attempt).all()
+        assert [(r.attempt, r.status, r.error.split(" before")[0]) for r in rows] == [
+            (1, "FAILED", "lost: no word from executor e1"), (2, "FAILED", "lost: no word from executor e2"),
+        ]
+
+
+def test_a_result_batch_is_written_once_and_its_replay_writes_nothing(database):
+    job_id = add_job(database, due_in=0)
+    with session_scope(database) as session:
+        token = store.claim_ids(session, [job_id], now=utcnow(), lease=10).messages[0].token
+    batch = [
+        update(job_id, token, "RUNNING", 1),
+        update(job_id, token, "RETRYING", 1, error="boom", next_attempt_at=utcnow()),
+        update(job_id, token, "RUNNING", 2),
+        update(job_id, token, "SUCCESS", 2, output={"ok": True}, finished_at=utcnow()),
+    ]
+    with session_scope(database) as session:
+        assert store.apply_updates(session, batch, lease=10) == 4
+    job = get_job(database, job_id)
+    assert (job.status, job.attempts, job.output, job.lease_until) == ("SUCCESS", 2, {"ok": True}, None)
+    written: list[str] = []
+
+    def capture(conn, cursor, statement, parameters, context, executemany):  # noqa: ANN001
+        if statement.lstrip().upper().startswith(("UPDATE", "INSERT")):
+            written.append(statement)
+
+    engine = get_engine(database)
+    sa.event.listen(engine, "before_cursor_execute", capture)
+    try:
+        with session_scope(database) as session:  # the executor already wrote it through, say
+            assert store.apply_updates(session, batch, lease=10) == 0
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", capture)
+    assert written == []
+    with session_scope(database) as session:
+        rows = session.query(JobAttempt).filter_by(job_id=job_id).order_by(JobAttempt.attempt).all()
+        assert [(r.attempt, r.status, r.error) for r in rows] == [(1, "FAILED", "boom"), (2, "SUCCESS", None)]

@@ -32,7 +32,7 @@ def test_executor_in_a_wedged_group_reports_stuck_and_rejoins_fresh(
         thread.start()
     try:
         wait_for(other.ready.is_set, timeout=60, what="the other deployment's executor to get partitions")
-        wait_for(lambda: wedged.loop.health.stuck, timeout=60, what="the wedged executor to report itself stuck")
+        wait_for(lambda: wedged.consumer.health.stuck, timeout=60, what="the wedged executor to report itself stuck")
         healthy, details = wedged.health()
         (consumer,) = details["consumers"]
         assert not healthy and consumer["state"] == "stuck" and consumer["group"] == settings.executor_group
@@ -40,11 +40,11 @@ def test_executor_in_a_wedged_group_reports_stuck_and_rejoins_fresh(
         errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
         assert any(settings.executor_group in m and "Rejoining as a fresh member" in m for m in errors), errors
         # It keeps trying, one fresh member per timeout, and never claims to be healthy.
-        wait_for(lambda: wedged.loop.health.rejoins >= 2, timeout=60, what="a second fresh rejoin")
+        wait_for(lambda: wedged.consumer.health.rejoins >= 2, timeout=60, what="a second fresh rejoin")
         assert not wedged.ready.is_set() and not wedged.health()[0]
-        assert other.health()[0] and other.loop.health.partitions == settings.topic_partitions
+        assert other.health()[0] and other.consumer.health.partitions == settings.topic_partitions
         print(f"\nwedged group: stuck reported after {settings.group_join_timeout_seconds:g}s bound, "
-              f"{wedged.loop.health.rejoins} fresh rejoins; other group: {other.loop.health.partitions} partitions")
+              f"{wedged.consumer.health.rejoins} fresh rejoins; other group: {other.consumer.health.partitions} partitions")
     finally:
         stop.set()
         for thread in threads:

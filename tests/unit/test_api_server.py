@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from api.__main__ import main
-from api.server import ApiServer
+from api.server import THREADS, ApiServer
 from common.infra.config import load_settings
 from common.infra.lifecycle import EXIT_CONFIG
 
@@ -25,6 +25,6 @@ def test_gunicorn_is_configured_from_the_settings() -> None:
     settings = load_settings({}, api_host="0.0.0.0", api_port=9123, api_workers=3)
     cfg = ApiServer(settings).cfg
     assert cfg.bind == ["0.0.0.0:9123"]
-    assert (cfg.workers, cfg.worker_class_str, cfg.threads) == (3, "gthread", 4)
+    assert (cfg.workers, cfg.worker_class_str, cfg.threads) == (3, "gthread", THREADS)
     assert cfg.graceful_timeout > 0 and cfg.accesslog == "-"
     assert cfg.post_fork.__name__ == "_post_fork"

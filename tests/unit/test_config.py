@@ -18,7 +18,7 @@ def test_values_are_parsed_from_the_environment():
     })
     assert settings.scan_interval_seconds == 2.5 and settings.shell_enabled is True
     assert settings.http_allowed_hosts == ("a.example", "*.b.example")
-    assert settings.resolved_database_url == "postgresql://x/y"
+    assert settings.resolved_database_url == "postgresql+psycopg2://x/y"  # the driver chronoq installs
 
 
 @pytest.mark.parametrize("name, value", [

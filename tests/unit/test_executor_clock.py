@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -21,27 +22,27 @@ class FakeClock:
     def utcnow(self) -> datetime:
         return self.now
 
-    def sleep(self, seconds: float) -> None:
+    async def sleep(self, seconds: float) -> None:
         self.sleeps.append(seconds)
         # A timer that wakes a hair early, as OS timers may (but never before it was set).
         self.now += timedelta(seconds=max(seconds - 0.0002, seconds / 2, 0.000001))
 
 
 @pytest.mark.parametrize("early_by", [5.0, 0.003, 0.000001])
-def test_wait_until_returns_only_once_the_moment_has_passed(monkeypatch, early_by: float) -> None:
+def test_sleep_until_returns_only_once_the_moment_has_passed(monkeypatch, early_by: float) -> None:
     clock = FakeClock(DUE - timedelta(seconds=early_by))
-    monkeypatch.setattr(runner, "utcnow", clock.utcnow)
-    monkeypatch.setattr(runner.time, "sleep", clock.sleep)
-    runner.wait_until(DUE)
+    monkeypatch.setattr(runner.clock, "utcnow", clock.utcnow)
+    monkeypatch.setattr(runner.asyncio, "sleep", clock.sleep)
+    asyncio.run(runner.sleep_until(DUE))
     assert clock.now >= DUE
     assert clock.sleeps  # it waited
     if early_by > 0.001:
         assert len(clock.sleeps) >= 2  # it noticed the early wake and slept again
 
 
-def test_wait_until_does_not_sleep_when_already_due(monkeypatch) -> None:
+def test_sleep_until_does_not_sleep_when_already_due(monkeypatch) -> None:
     clock = FakeClock(DUE + timedelta(milliseconds=1))
-    monkeypatch.setattr(runner, "utcnow", clock.utcnow)
-    monkeypatch.setattr(runner.time, "sleep", clock.sleep)
-    runner.wait_until(DUE)
+    monkeypatch.setattr(runner.clock, "utcnow", clock.utcnow)
+    monkeypatch.setattr(runner.asyncio, "sleep", clock.sleep)
+    asyncio.run(runner.sleep_until(DUE))
     assert clock.sleeps == []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
 import textwrap
@@ -17,9 +18,9 @@ import pytest
 from common.infra.config import Settings, load_settings
 from common.infra.errors import JobTimeout, JobTypeError
 from executor_service.context import HandlerContext, PermanentFailure
+from executor_service.deadline import Threads, call_handler
 from executor_service.handlers import builtin, http, resolve, shell
-from executor_service.timeouts import run_with_deadline
-from executor_service.updates import safe_output
+from executor_service.outcomes import safe_output
 
 #: What a timed-out handler may take beyond its timeout before it is abandoned: generous for a
 #: loaded machine, and well short of what each handler below would take if it were not.
@@ -47,7 +48,19 @@ def run(job_type: str, payload: dict[str, Any], settings: Settings, timeout: flo
     handler = resolve(job_type, settings)
     context = make_context(settings, timeout)
     loaded = load_payload(job_type, payload)
-    return run_with_deadline(lambda: handler(loaded, context), context)
+    return run_handler(handler, loaded, context)
+
+
+def run_handler(handler: Any, payload: dict[str, Any], context: HandlerContext) -> Any:
+    """On an event loop of its own, with a connection pool, as the executor runs it."""
+    async def go() -> Any:
+        context.http = http.Pool(4)
+        try:
+            return await call_handler(handler, payload, context, Threads(2))
+        finally:
+            await context.http.close()
+
+    return asyncio.run(go())
 
 
 class _Server(BaseHTTPRequestHandler):
@@ -56,7 +69,8 @@ class _Server(BaseHTTPRequestHandler):
     def _answer(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length).decode() if length else ""
-        _Server.received.append({"path": self.path, "method": self.command, "headers": dict(self.headers), "body": body})
+        _Server.received.append({"path": self.path, "method": self.command, "headers": dict(self.headers), "body": body,
+                                 "client_port": self.client_address[1]})
         if self.path == "/slow":
             time.sleep(10.0)  # a daemon thread: the test does not wait for it
         status = 418 if self.path == "/teapot" else 200
@@ -96,7 +110,7 @@ def settings() -> Settings:
 
 def test_http_success_sends_json_and_idempotency_key(server: str, settings: Settings) -> None:
     context = make_context(settings)
-    output = http.call({"url": f"{server}/ok", "method": "POST", "json": {"a": 1}, "headers": {}}, context)
+    output = run_handler(http.call, {"url": f"{server}/ok", "method": "POST", "json": {"a": 1}, "headers": {}}, context)
     assert output == {"status": 200, "body": "hello"}
     (request,) = _Server.received
     assert request["method"] == "POST"
@@ -120,7 +134,7 @@ def test_http_unexpected_status_fails_unless_expected(server: str, settings: Set
 def test_http_network_error_fails_the_attempt(settings: Settings) -> None:
     from common.launch.broker import free_port
 
-    with pytest.raises(http.HttpFailed, match="ConnectionError"):
+    with pytest.raises(http.HttpFailed, match="Cannot connect to host"):
         run("http", {"url": f"http://127.0.0.1:{free_port()}/"}, settings)
 
 
@@ -195,7 +209,7 @@ def test_any_handler_is_abandoned_at_its_deadline(settings: Settings) -> None:
     context = make_context(settings, timeout=0.2)
     started = time.monotonic()
     with pytest.raises(JobTimeout):
-        run_with_deadline(lambda: time.sleep(10), context)  # abandoned: a daemon thread
+        run_handler(lambda payload, context: time.sleep(10), {}, context)  # abandoned: a daemon thread
     elapsed = time.monotonic() - started
     print(f"\nabandoned after {elapsed * 1000:.0f} ms (timeout 200 ms)")
     assert elapsed < 0.2 + ABANDON_MARGIN
@@ -232,3 +246,38 @@ def test_huge_output_is_truncated() -> None:
     big = safe_output({"a": "y" * 200_000}, limit=1000)
     assert big["truncated"] is True and big["size"] > 200_000 and len(big["preview"]) == 500
     assert safe_output({"when": uuid.UUID(int=0)}) == {"when": str(uuid.UUID(int=0))}
+
+
+def test_coroutine_user_handlers_run_on_the_loop_and_obey_the_timeout(settings: Settings) -> None:
+    async def waits(payload: dict[str, Any], context: HandlerContext) -> str:
+        await asyncio.sleep(payload["seconds"])
+        return "done"
+
+    assert run_handler(waits, {"seconds": 0.01}, make_context(settings)) == "done"
+    started = time.monotonic()
+    with pytest.raises(JobTimeout):
+        run_handler(waits, {"seconds": 30}, make_context(settings, timeout=0.2))
+    assert time.monotonic() - started < 0.2 + ABANDON_MARGIN
+
+
+def test_http_reuses_one_keep_alive_connection(server: str, settings: Settings) -> None:
+    """Three jobs in a row on one pool: one TCP connection (no handshake per job)."""
+    async def three() -> list[Any]:
+        pool = http.Pool(4)
+        try:
+            out = []
+            for _ in range(3):
+                context = make_context(settings)
+                context.http = pool
+                out.append(await http.call({"url": f"{server}/ok", "json": {}}, context))
+            return out
+        finally:
+            await pool.close()
+
+    _Server.protocol_version = "HTTP/1.1"  # keep-alive, as real servers answer
+    try:
+        assert [o["status"] for o in asyncio.run(three())] == [200, 200, 200]
+    finally:
+        _Server.protocol_version = "HTTP/1.0"
+    ports = {r["client_port"] for r in _Server.received}
+    assert len(_Server.received) == 3 and len(ports) == 1

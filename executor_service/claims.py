@@ -1,0 +1,188 @@
+"""Start claims, taken in batches shortly before the attempts are due.
+
+Each waiting attempt sits in a heap by due time. A task on the event loop takes every attempt
+due within ``claim_ahead`` seconds and claims them all with one statement
+(:func:`common.core.store.claim_starts`) on a database thread, so that at the fire instant the
+answer is already there and the loop never waits on the database. An attempt already past its
+misfire grace when its turn comes is failed as missed instead of claimed."""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import heapq
+import logging
+import time
+from concurrent.futures import Executor
+from datetime import datetime
+
+from common.core import store
+from common.core.messages import DispatchMessage
+from common.core.store import AttemptKey, attempt_key
+from common.infra import clock
+from common.infra.config import Settings
+from common.infra.db import session_scope
+from common.infra.errors import DatabaseUnavailable
+from common.infra.retry import FIRE_PATH, GaveUp, retry
+
+log = logging.getLogger(__name__)
+
+#: Longest a claim batch waits for more attempts to come due with it.
+BATCH_WINDOW = 0.005
+#: Largest batch in one statement.
+BATCH_MAX = 2000
+
+
+class Claim(enum.Enum):
+    """What became of an attempt's start claim."""
+
+    CLAIMED = "claimed"          # it is this executor's to start
+    SKIPPED = "skipped"          # cancelled, finished or superseded meanwhile: it must not start
+    MISSED = "missed"            # past its misfire grace: failed without starting
+    UNAVAILABLE = "unavailable"  # the database stayed away; the scanner re-dispatches it later
+
+
+def missed_by(message: DispatchMessage, now: datetime) -> float | None:
+    """Seconds late beyond which ``message`` counts as missed at ``now``, or None if it has
+    no grace or is within it."""
+    grace = message.misfire_grace_seconds
+    if grace is None:
+        return None
+    late = (now - message.execute_at).total_seconds()
+    return late if late > grace else None
+
+
+class _Waiting:
+    """A heap entry: an attempt by due time (smaller than a tuple with a tie-breaker)."""
+
+    __slots__ = ("at", "message")
+
+    def __init__(self, at: float, message: DispatchMessage) -> None:
+        self.at = at
+        self.message = message
+
+    def __lt__(self, other: "_Waiting") -> bool:
+        return self.at < other.at
+
+
+class Claims:
+    """The claim-ahead queue of one executor. Use on its event loop only."""
+
+    def __init__(self, settings: Settings, executor_id: str, database: Executor) -> None:
+        self.settings = settings
+        self.executor_id = executor_id
+        self.ahead = settings.claim_ahead_seconds
+        self._database = database
+        self._heap: list[_Waiting] = []
+        self._results: dict[AttemptKey, asyncio.Future[Claim]] = {}
+        self._changed = asyncio.Event()
+        self._closed = False
+        self.claimed = 0
+        self.batches = 0
+
+    def __len__(self) -> int:
+        return len(self._heap)
+
+    def add(self, message: DispatchMessage) -> None:
+        """Queue ``message`` for its claim ``claim_ahead`` seconds before it is due."""
+        heapq.heappush(self._heap, _Waiting(message.execute_at.timestamp(), message))
+        if self._heap[0].message is message:
+            self._changed.set()
+
+    async def result(self, message: DispatchMessage) -> Claim:
+        """Wait for ``message``'s claim (normally taken already) and forget it."""
+        key = attempt_key(message)
+        future = self._results.get(key)
+        if future is None:
+            future = self._results[key] = asyncio.get_running_loop().create_future()
+            self._changed.set()  # due now: the claimer takes it at once
+        try:
+            return await future
+        finally:
+            self._results.pop(key, None)
+
+    def take_unclaimed(self) -> list[DispatchMessage]:
+        """Stop claiming; return the attempts whose claim was not taken (to hand back)."""
+        self._closed = True
+        self._changed.set()
+        left = [entry.message for entry in self._heap]
+        self._heap.clear()
+        for message in left:
+            future = self._results.pop(attempt_key(message), None)
+            if future is not None and not future.done():
+                future.set_result(Claim.SKIPPED)
+        return left
+
+    async def run(self) -> None:
+        """The claimer: claim what comes due, batch after batch, until closed."""
+        loop = asyncio.get_running_loop()
+        while not self._closed:
+            due = self._take_due()
+            if not due:
+                self._changed.clear()
+                wait = self._heap[0].at - self.ahead - time.time() if self._heap else 1.0
+                try:
+                    await asyncio.wait_for(self._changed.wait(), timeout=max(wait, 0.0005))
+                except asyncio.TimeoutError:
+                    pass
+                continue
+            results = await loop.run_in_executor(self._database, self._claim, due)
+            self.batches += 1
+            for message, outcome in zip(due, results):
+                key = attempt_key(message)
+                future = self._results.get(key)
+                if future is None:
+                    future = self._results[key] = loop.create_future()
+                if not future.done():
+                    future.set_result(outcome)
+            # A short pause lets the attempts due next gather into one statement.
+            await asyncio.sleep(BATCH_WINDOW)
+
+    def _take_due(self) -> list[DispatchMessage]:
+        # By due time: an attempt whose fire came before its claim (it arrived late) is due,
+        # so it is at the head too.
+        horizon = time.time() + self.ahead
+        due: list[DispatchMessage] = []
+        while self._heap and len(due) < BATCH_MAX and self._heap[0].at <= horizon:
+            due.append(heapq.heappop(self._heap).message)
+        return due
+
+    def _claim(self, messages: list[DispatchMessage]) -> list[Claim]:
+        """On a database thread: one transaction for the batch, retried while the database is
+        away for up to half a lease."""
+        def run() -> list[Claim]:
+            now = clock.utcnow()
+            late = {attempt_key(m) for m in messages if missed_by(m, now) is not None}
+            missed = [m for m in messages if attempt_key(m) in late]
+            wanted = [m for m in messages if attempt_key(m) not in late]
+            with session_scope(self.settings) as session:
+                claimed = store.claim_starts(
+                    session, wanted, executor=self.executor_id, now=now, lease=self.settings.lease_seconds,
+                )
+                failed = {
+                    attempt_key(m) for m in missed
+                    if store.fail_unstarted(session, m, error=_missed_error(m, now), now=now)
+                }
+            out = []
+            for message in messages:
+                key = attempt_key(message)
+                out.append(
+                    Claim.CLAIMED if key in claimed else Claim.MISSED if key in failed else Claim.SKIPPED
+                )
+            return out
+
+        try:
+            results = retry(
+                run, on=DatabaseUnavailable, backoff=FIRE_PATH, give_up_after=self.settings.lease_seconds / 2,
+                what=f"start claim of {len(messages)} attempts", logger=log,
+            )
+        except GaveUp as exc:
+            log.warning("%s; the scanner re-dispatches them when their leases run out", exc)
+            return [Claim.UNAVAILABLE] * len(messages)
+        self.claimed += results.count(Claim.CLAIMED)
+        return results
+
+
+def _missed_error(message: DispatchMessage, now: datetime) -> str:
+    late = (now - message.execute_at).total_seconds()
+    return f"missed: {late:.1f}s late, grace {message.misfire_grace_seconds:g}s"

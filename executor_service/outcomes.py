@@ -1,0 +1,189 @@
+"""Reporting attempts, off the fire path: group commits on a thread of their own.
+
+The event loop hands each report over without waiting. The reporter thread takes everything
+queued at once and, per batch: writes the attempt ends through to the database in one
+transaction, then publishes every update without a flush per message and waits for the
+acknowledgements together. While one batch is written the next one gathers, so the batches
+grow with the load and add no delay when idle.
+
+An attempt's end (SUCCESS, FAILED, RETRYING) is written to the database *and* published: the
+result writer applies the same update idempotently, so the outcome survives the loss of either
+path. Ends the database missed are kept and written by the heartbeat once it is back. RUNNING
+is published fire-and-forget: the start claim already wrote it to the database."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from common.core import store
+from common.core.messages import UpdateMessage, encode_update
+from common.infra.config import Settings
+from common.infra.db import session_scope
+from common.infra.deadletter import DeadLetter
+from common.infra.errors import DatabaseUnavailable
+from common.infra.kafka import Producer
+from common.infra.retry import PUBLISH, Pacer
+
+log = logging.getLogger(__name__)
+
+OUTPUT_LIMIT = 64 * 1024  # bytes of JSON output kept in an update
+ERROR_LIMIT = 4000        # characters of an error message kept
+PUBLISH_TRIES = 4
+
+
+def safe_output(value: Any, limit: int = OUTPUT_LIMIT) -> Any:
+    """``value`` as JSON-compatible data no larger than ``limit`` bytes once encoded; a larger
+    one becomes ``{"truncated": true, "size": n, "preview": "<first bytes of the JSON>"}``."""
+    try:
+        encoded = json.dumps(value, default=str)
+    except (TypeError, ValueError):  # circular structures and the like
+        encoded = json.dumps(repr(value))
+    size = len(encoded.encode())
+    if size <= limit:
+        return json.loads(encoded)
+    return {"truncated": True, "size": size, "preview": encoded[: limit // 2]}
+
+
+def short_error(exc: BaseException | str) -> str:
+    """An error line for the update and the history: type and message, bounded."""
+    text = exc if isinstance(exc, str) else f"{type(exc).__name__}: {exc}"
+    return text if len(text) <= ERROR_LIMIT else text[:ERROR_LIMIT] + "…(truncated)"
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    """One update to report; ``final`` ends an attempt (database and acknowledged publish)."""
+
+    update: UpdateMessage
+    final: bool
+    dead_letter: DeadLetter | None = None
+
+
+class Outcomes:
+    """The reporter of one executor: :meth:`running` and :meth:`final` return at once."""
+
+    def __init__(self, settings: Settings, producer: Producer) -> None:
+        self.settings = settings
+        self.producer = producer
+        self._cond = threading.Condition()
+        self._queue: list[Report] = []
+        self._busy = False
+        self._closed = False
+        #: Attempt ends not yet written to the database; the heartbeat writes them when it is back.
+        self.pending: list[UpdateMessage] = []
+        self._pending_lock = threading.Lock()
+        self.batches = 0
+        self.reported = 0
+        self._thread = threading.Thread(target=self._run, name="executor-reporter", daemon=True)
+        self._thread.start()
+
+    def running(self, update: UpdateMessage) -> None:
+        self._put(Report(update, final=False))
+
+    def final(self, update: UpdateMessage, dead_letter: DeadLetter | None = None) -> None:
+        self._put(Report(update, final=True, dead_letter=dead_letter))
+
+    def _put(self, report: Report) -> None:
+        with self._cond:
+            self._queue.append(report)
+            self._cond.notify()
+
+    def drain(self, timeout: float | None = None) -> bool:
+        """Wait until everything handed over so far was reported; False on timeout."""
+        with self._cond:
+            return self._cond.wait_for(lambda: not self._queue and not self._busy, timeout)
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Report what is queued, then stop the thread."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._queue or self._closed)
+                if not self._queue and self._closed:
+                    return
+                batch, self._queue = self._queue, []
+                self._busy = True
+            try:
+                self._report(batch)
+            except Exception:  # the thread must survive anything; leases recover the jobs
+                log.exception("reporting %d updates failed", len(batch))
+            finally:
+                with self._cond:
+                    self._busy = False
+                    self._cond.notify_all()
+
+    def _report(self, batch: list[Report]) -> None:
+        ends = [r.update for r in batch if r.final]
+        recorded = self._record(ends)
+        published = self._publish(batch)
+        for report, ok in zip(batch, published):
+            if report.final and not (ok or recorded):
+                update = report.update
+                log.error(
+                    "job %s: %s of attempt %d neither recorded nor published; the scanner "
+                    "re-dispatches the job once its lease runs out",
+                    update.job_id, update.status, update.attempt,
+                )
+        letters = [r.dead_letter for r in batch if r.dead_letter is not None]
+        for letter in letters:
+            self.producer.dead_letter(letter)
+        self.batches += 1
+        self.reported += len(batch)
+
+    def _record(self, ends: list[UpdateMessage]) -> bool:
+        if not ends:
+            return True
+        try:
+            with session_scope(self.settings) as session:
+                store.apply_updates(session, ends, lease=self.settings.lease_seconds)
+            return True
+        except DatabaseUnavailable as exc:
+            log.warning(
+                "%d attempt ends not written to the database (%s); the result writer will, and "
+                "so will the heartbeat once it is back (first: job %s)", len(ends), exc, ends[0].job_id,
+            )
+            with self._pending_lock:
+                self.pending.extend(ends)
+            return False
+
+    def _publish(self, batch: list[Report]) -> list[bool]:
+        """Send all, one flush, wait for the acks together; re-send the finals not acked."""
+        topic = self.settings.topic_updates
+        acked = self.producer.send_all(topic, [(r.update.key, encode_update(r.update)) for r in batch])
+        pacer = Pacer(PUBLISH, logger=log)
+        for _ in range(PUBLISH_TRIES - 1):
+            again = [i for i, ok in enumerate(acked) if not ok and batch[i].final]
+            if not again:
+                break
+            pacer.failed(f"{len(again)} attempt ends not acknowledged by the broker (first: job {batch[again[0]].update.job_id})")
+            retried = self.producer.send_all(
+                topic, [(batch[i].update.key, encode_update(batch[i].update)) for i in again]
+            )
+            for i, ok in zip(again, retried):
+                acked[i] = ok
+        return acked
+
+    def write_pending(self) -> int:
+        """Write through the attempt ends the database missed (called by the heartbeat)."""
+        with self._pending_lock:
+            pending = list(self.pending)
+        if not pending:
+            return 0
+        try:
+            with session_scope(self.settings) as session:
+                store.apply_updates(session, pending, lease=self.settings.lease_seconds)
+        except DatabaseUnavailable:
+            return 0
+        with self._pending_lock:
+            self.pending = [u for u in self.pending if u not in pending]
+        log.info("wrote %d attempt ends through to the database after it came back", len(pending))
+        return len(pending)
