@@ -10,6 +10,7 @@ run's tasks; the queue is deleted afterwards. Redis: ``BENCH_CELERY_BROKER`` (de
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -108,7 +109,7 @@ class CeleryWorker:
             raise RuntimeError(f"the Celery worker exited with code {self.process.returncode}:\n{tail}")
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Warm shutdown (ETA tasks still held go back to the queue), then delete the queue."""
+        """Warm shutdown, then remove every trace of the queue from Redis."""
         process, self.process = self.process, None
         if process is not None and process.poll() is None:
             process.send_signal(signal.SIGTERM)
@@ -117,6 +118,24 @@ class CeleryWorker:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
-        with app.connection_for_write() as conn:
-            client = conn.default_channel.client
-            client.delete(self.queue, f"_kombu.binding.{self.queue}")
+        forget_queue(self.queue)
+
+
+def forget_queue(queue: str) -> int:
+    """Delete ``queue``, its bindings and its messages still held unacknowledged (an ETA task a
+    stopped worker held is restored to its queue only after the visibility timeout, an hour
+    later); returns how many of those there were."""
+    dropped = 0
+    with app.connection_for_write() as conn:
+        client = conn.default_channel.client
+        client.delete(queue, f"_kombu.binding.{queue}", f"_kombu.binding_permanent.{queue}")
+        for tag, raw in client.hscan_iter("unacked"):
+            try:
+                _message, exchange, routing_key = json.loads(raw)
+            except ValueError:
+                continue
+            if queue in (exchange, routing_key):
+                client.hdel("unacked", tag)
+                client.zrem("unacked_index", tag)
+                dropped += 1
+    return dropped

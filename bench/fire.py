@@ -93,7 +93,7 @@ def create_via_api(base: str, jobs: list[dict[str, Any]]) -> str:
                 item = next(i for i in response.json()["items"] if i["code"] not in (200, 201))
                 raise RuntimeError(f"POST /api/jobs/batch refused {failed} jobs, e.g. {item}")
         else:
-            return "POST /api/jobs/batch"
+            return "created through POST /api/jobs/batch"
 
     mine = threading.local()  # one keep-alive session per client thread
 
@@ -108,7 +108,7 @@ def create_via_api(base: str, jobs: list[dict[str, Any]]) -> str:
         for n, _ in enumerate(pool.map(one, jobs), 1):
             if n % 5000 == 0:
                 print(f"    created {n:,} jobs through the API", flush=True)
-    return "POST /api/jobs"
+    return "created through POST /api/jobs"
 
 
 def run_chronoq(receiver: ReceiverProcess, rate: float, args: argparse.Namespace) -> Summary:

@@ -111,7 +111,7 @@ def measure(settings: Settings, jobs: int, batch: int, timeout: float) -> list[A
         deadline = began + timeout
         done = 0
         while done < jobs and time.perf_counter() < deadline:
-            time.sleep(0.1)
+            time.sleep(0.25)
             done = count(settings, "SELECT count(*) FROM jobs WHERE status = 'SUCCESS'")
         elapsed = time.perf_counter() - began
     finally:

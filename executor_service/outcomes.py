@@ -13,11 +13,13 @@ is published fire-and-forget: the start claim already wrote it to the database."
 
 from __future__ import annotations
 
-import json
+import asyncio
 import logging
 import threading
 from dataclasses import dataclass
 from typing import Any
+
+import orjson
 
 from common.core import store
 from common.core.messages import UpdateMessage, encode_update
@@ -39,13 +41,12 @@ def safe_output(value: Any, limit: int = OUTPUT_LIMIT) -> Any:
     """``value`` as JSON-compatible data no larger than ``limit`` bytes once encoded; a larger
     one becomes ``{"truncated": true, "size": n, "preview": "<first bytes of the JSON>"}``."""
     try:
-        encoded = json.dumps(value, default=str)
-    except (TypeError, ValueError):  # circular structures and the like
-        encoded = json.dumps(repr(value))
-    size = len(encoded.encode())
-    if size <= limit:
-        return json.loads(encoded)
-    return {"truncated": True, "size": size, "preview": encoded[: limit // 2]}
+        encoded = orjson.dumps(value, default=str)
+    except (TypeError, orjson.JSONEncodeError):  # circular structures, integers beyond 64 bits
+        encoded = orjson.dumps(repr(value))
+    if len(encoded) <= limit:
+        return orjson.loads(encoded)
+    return {"truncated": True, "size": len(encoded), "preview": encoded[: limit // 2].decode(errors="ignore")}
 
 
 def short_error(exc: BaseException | str) -> str:
@@ -63,8 +64,16 @@ class Report:
     dead_letter: DeadLetter | None = None
 
 
+#: How long reports gather on the event loop before they go to the reporter thread together.
+#: Waking that thread at every fire would take the interpreter from the loop at the very
+#: moment the next job is due, and a transaction and a flush per job would cost more than the
+#: jobs at a low rate; this bounds them to 20 a second, whatever the rate.
+HANDOVER_DELAY = 0.05
+
+
 class Outcomes:
-    """The reporter of one executor: :meth:`running` and :meth:`final` return at once."""
+    """The reporter of one executor: :meth:`running` and :meth:`final` return at once. Called
+    on the executor's event loop; reports are handed to the reporter thread in small batches."""
 
     def __init__(self, settings: Settings, producer: Producer) -> None:
         self.settings = settings
@@ -78,19 +87,28 @@ class Outcomes:
         self._pending_lock = threading.Lock()
         self.batches = 0
         self.reported = 0
+        self._gathered: list[Report] = []  # on the loop, not yet handed over
         self._thread = threading.Thread(target=self._run, name="executor-reporter", daemon=True)
         self._thread.start()
 
     def running(self, update: UpdateMessage) -> None:
-        self._put(Report(update, final=False))
+        self._gather(Report(update, final=False))
 
     def final(self, update: UpdateMessage, dead_letter: DeadLetter | None = None) -> None:
-        self._put(Report(update, final=True, dead_letter=dead_letter))
+        self._gather(Report(update, final=True, dead_letter=dead_letter))
 
-    def _put(self, report: Report) -> None:
-        with self._cond:
-            self._queue.append(report)
-            self._cond.notify()
+    def _gather(self, report: Report) -> None:
+        if not self._gathered:
+            asyncio.get_running_loop().call_later(HANDOVER_DELAY, self.hand_over)
+        self._gathered.append(report)
+
+    def hand_over(self) -> None:
+        """Give the reports gathered on the loop to the reporter thread (on the loop)."""
+        reports, self._gathered = self._gathered, []
+        if reports:
+            with self._cond:
+                self._queue.extend(reports)
+                self._cond.notify()
 
     def drain(self, timeout: float | None = None) -> bool:
         """Wait until everything handed over so far was reported; False on timeout."""

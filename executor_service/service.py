@@ -18,6 +18,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timezone
+from typing import Any, Callable
 
 from apscheduler.jobstores.base import ConflictingIdError, JobLookupError
 from apscheduler.triggers.date import DateTrigger
@@ -230,6 +231,7 @@ class Executor:
         before = self.counters.snapshot()
         self._wait_for_running()
         handed_back = self._hand_back(unclaimed + self._refused)
+        self._on_loop(self.outcomes.hand_over)
         finished = self.counters.snapshot()
         done = sum(getattr(finished, n) - getattr(before, n) for n in ("succeeded", "failed", "retried"))
         if not self.outcomes.drain(timeout=30):
@@ -238,6 +240,13 @@ class Executor:
         self.database.shutdown(wait=True)
         self.producer.close()
         log.info("executor stopped: handed back %d jobs, finished %d; %s", handed_back, done, finished.line())
+
+    def _on_loop(self, call: Callable[[], Any]) -> Any:
+        """Run ``call`` on the event loop and wait for it (from another thread)."""
+        async def run() -> Any:
+            return call()
+
+        return asyncio.run_coroutine_threadsafe(run(), self.loop).result()
 
     async def _release_unclaimed(self) -> list[DispatchMessage]:
         """On the loop: stop claiming, and take the attempts not claimed out of the scheduler."""

@@ -105,9 +105,9 @@ class Producer:
         futures: list[Any] = [None] * len(messages)
         try:
             producer = self._get()
-            partitions = len(producer.partitions_for(topic))
+            partitions = sorted(producer.partitions_for(topic))
             for i, (key, value) in enumerate(messages):
-                partition = None if key is None else (murmur2(key) & 0x7FFFFFFF) % partitions
+                partition = None if key is None else partitions[(murmur2(key) & 0x7FFFFFFF) % len(partitions)]
                 futures[i] = producer.send(topic, key=key, value=value, partition=partition)
         except (KafkaError, BrokerUnavailable) as exc:
             if isinstance(exc, KafkaError):

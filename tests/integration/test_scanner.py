@@ -113,3 +113,22 @@ def test_producer_fails_fast_while_the_broker_is_known_to_be_down(settings):
     # Answered without trying to connect (the "retrying soon" above): well under the 3 s a
     # connection attempt waits (the producer's bootstrap timeout), however loaded the machine.
     assert again < 1.5
+
+
+def test_send_all_puts_each_key_where_send_puts_it(kafka_settings):
+    """send_all chooses partitions itself: a job's messages must still share one partition
+    (and so keep their order) whichever of the two published them."""
+    import uuid
+
+    producer = Producer(kafka_settings)
+    keys = [str(uuid.uuid4()).encode() for _ in range(30)]
+    assert all(producer.send_all(kafka_settings.topic_jobs, [(key, b"together") for key in keys]))
+    for key in keys:
+        producer.send(kafka_settings.topic_jobs, key, b"alone")
+    producer.close()
+    partitions: dict[bytes, set[int]] = {}
+    for record in read_topic(kafka_settings, kafka_settings.topic_jobs, expect=60, timeout=30):
+        partitions.setdefault(record.key, set()).add(record.partition)
+    assert sorted(partitions) == sorted(keys)
+    assert all(len(used) == 1 for used in partitions.values())
+    assert len(set().union(*partitions.values())) > 1  # the keys did spread over the partitions
