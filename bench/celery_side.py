@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -24,6 +23,8 @@ from typing import Any, Sequence
 import requests
 from celery import Celery
 from requests.adapters import HTTPAdapter
+
+from common.launch.process import terminate
 
 BROKER = os.environ.get("BENCH_CELERY_BROKER", "redis://127.0.0.1:6379/14")
 QUEUE = os.environ.get("BENCH_CELERY_QUEUE", "chronoq-bench")
@@ -111,13 +112,7 @@ class CeleryWorker:
     def stop(self, timeout: float = 30.0) -> None:
         """Warm shutdown, then remove every trace of the queue from Redis."""
         process, self.process = self.process, None
-        if process is not None and process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        terminate(process, timeout)
         forget_queue(self.queue)
 
 

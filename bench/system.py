@@ -31,7 +31,8 @@ from sqlalchemy.engine import Engine
 
 from bench.benchlib import bench_environment
 from common.core.models import Job
-from common.infra.config import PREFIX, Settings, load_settings
+from common.launch.process import terminate
+from common.infra.config import PREFIX, Settings, load_settings, settings_env
 from common.infra.db import get_engine
 from common.launch.broker import free_port
 
@@ -61,10 +62,7 @@ def shell_settings() -> dict[str, Any]:
 
 def service_env(settings: Settings, **extra: str) -> dict[str, str]:
     """The environment that gives a service process exactly these settings."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(PREFIX)}
-    for f in fields(Settings):
-        value = getattr(settings, f.name)
-        env[f.metadata["env"]] = ",".join(value) if isinstance(value, tuple) else str(value)
+    env = settings_env(settings)
     env["PYTHONUNBUFFERED"] = "1"
     env.update(extra)
     return env
@@ -96,16 +94,7 @@ class Service:
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 60.0) -> int | None:
         process, self.process = self.process, None
-        if process is None:
-            return None
-        if process.poll() is None:
-            process.send_signal(sig)
-            try:
-                process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        return process.returncode
+        return terminate(process, timeout, sig)
 
     def health(self) -> dict[str, Any] | None:
         """The service's /healthz report, or None when it does not answer."""

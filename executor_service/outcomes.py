@@ -162,7 +162,7 @@ class Outcomes:
             return True
         try:
             with session_scope(self.settings) as session:
-                store.apply_updates(session, ends, lease=self.settings.lease_seconds)
+                store.end_attempts(session, ends, lease=self.settings.lease_seconds)
             return True
         except DatabaseUnavailable as exc:
             log.warning(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import uuid
+from pathlib import Path
 from typing import Iterator
 
 import pytest
@@ -83,6 +84,21 @@ def settings(pg_url: str) -> Iterator[Settings]:
     with get_engine(result).begin() as conn:
         conn.execute(sa.text("TRUNCATE job_attempts, jobs"))
     yield result
+
+
+@pytest.fixture(params=["postgresql", "sqlite"])
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Settings]:
+    """Settings on each kind of database chronoq runs on: the test PostgreSQL database, and a
+    fresh SQLite file (the local run); statements with a set-based PostgreSQL form and a
+    portable one must leave the same rows behind."""
+    if request.param == "postgresql":
+        yield request.getfixturevalue("settings")
+        return
+    from common.core.migrate import upgrade
+
+    local = load_settings({}, database_url=f"sqlite:///{tmp_path / 'chronoq.db'}")
+    upgrade(local)
+    yield local
 
 
 @pytest.fixture

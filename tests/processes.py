@@ -2,27 +2,24 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import requests
 
-from common.infra.config import PREFIX, Settings
+from common.launch.process import terminate
+from common.infra.config import Settings, settings_env
 
 MODULES = {"api": "api", "scanner": "scheduler_service", "executor": "executor_service", "results": "result_service"}
 
 
 def service_env(settings: Settings, **extra: str) -> dict[str, str]:
     """The environment that gives a service process exactly these settings."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(PREFIX)}
-    for f in fields(Settings):
-        value = getattr(settings, f.name)
-        env[f.metadata["env"]] = ",".join(value) if isinstance(value, tuple) else str(value)
+    env = settings_env(settings)
     env["CHRONOQ_LOG_LEVEL"] = "INFO"
     env["PYTHONUNBUFFERED"] = "1"
     env.update(extra)
@@ -48,16 +45,7 @@ class Service:
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int | None:
         process, self.process = self.process, None
-        if process is None:
-            return None
-        if process.poll() is None:
-            process.send_signal(sig)
-            try:
-                process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        return process.returncode
+        return terminate(process, timeout, sig)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

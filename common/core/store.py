@@ -603,3 +603,65 @@ def unclaim_all(session: Session, messages: Sequence[DispatchMessage], *, now: d
                 .returning(Job.id)
             ))
     return handed_back
+
+
+#: The executor's write-through of attempt ends on PostgreSQL, for the usual case: the attempt
+#: it claimed is still the job's current one, RUNNING, with its history row RUNNING. Two
+#: statements of a fixed shape for a whole batch, no rows read into Python; whatever they do
+#: not match (a lost attempt, a superseded dispatch, a replay) goes through apply_updates.
+_ENDS = (
+    "WITH v AS (SELECT * FROM unnest(CAST(:ids AS uuid[]), :tokens, :attempts, :statuses, :started,"
+    " :finished, :next_at, CAST(:outputs AS json[]), :errors, :executors)"
+    " AS v(id, token, attempt, status, started, finished, next_at, output, error, executor)) "
+)
+_END_BINDS = (
+    bindparam("ids", type_=ARRAY(String)), bindparam("tokens", type_=ARRAY(BigInteger)),
+    bindparam("attempts", type_=ARRAY(Integer)), bindparam("statuses", type_=ARRAY(String)),
+    bindparam("started", type_=ARRAY(DateTime(timezone=True))),
+    bindparam("finished", type_=ARRAY(DateTime(timezone=True))),
+    bindparam("next_at", type_=ARRAY(DateTime(timezone=True))), bindparam("outputs", type_=ARRAY(String)),
+    bindparam("errors", type_=ARRAY(String)), bindparam("executors", type_=ARRAY(String)),
+)
+_END_JOBS_POSTGRESQL = text(
+    _ENDS + "UPDATE jobs SET status = v.status, executor = v.executor, updated_at = v.finished,"
+    " started_at = COALESCE(v.started, jobs.started_at), error = v.error,"
+    " finished_at = CASE WHEN v.status = 'RETRYING' THEN jobs.finished_at ELSE v.finished END,"
+    " output = CASE WHEN v.status = 'RETRYING' THEN jobs.output ELSE v.output END,"
+    " next_attempt_at = CASE WHEN v.status = 'RETRYING' THEN v.next_at END,"
+    " lease_until = CASE WHEN v.status = 'RETRYING' THEN COALESCE(v.next_at, v.finished) + :lease END"
+    " FROM v WHERE jobs.id = v.id AND jobs.dispatch_token = v.token AND jobs.attempts = v.attempt"
+    " AND jobs.status = 'RUNNING' RETURNING jobs.id"
+).bindparams(*_END_BINDS)
+_END_ATTEMPTS_POSTGRESQL = text(
+    _ENDS + "UPDATE job_attempts SET"
+    " status = CASE WHEN v.status = 'RETRYING' THEN 'FAILED' ELSE v.status END,"
+    " dispatch_token = v.token, executor = v.executor, started_at = COALESCE(v.started, job_attempts.started_at),"
+    " finished_at = v.finished, output = v.output, error = v.error"
+    " FROM v WHERE job_attempts.job_id = v.id AND job_attempts.attempt = v.attempt"
+    " AND job_attempts.status = 'RUNNING' RETURNING job_attempts.job_id"
+).bindparams(*_END_BINDS)
+
+
+def end_attempts(session: Session, messages: list[UpdateMessage], *, lease: float) -> int:
+    """The executor's write-through of the ends of attempts it ran: the same result as
+    :func:`apply_updates`, with the usual case (the attempt still current and RUNNING, ended
+    once) written by two set-based statements on PostgreSQL; the rest through
+    :func:`apply_updates`. Returns how many updates moved a job row."""
+    ends = [m for m in messages if m.status != JobStatus.RUNNING.value]
+    if session.get_bind().dialect.name != "postgresql" or not ends or len({m.job_id for m in ends}) != len(ends):
+        return apply_updates(session, messages, lease=lease)
+    params = dict(
+        ids=[str(m.job_id) for m in ends], tokens=[m.token for m in ends], attempts=[m.attempt for m in ends],
+        statuses=[m.status for m in ends], started=[m.started_at for m in ends],
+        finished=[m.finished_at or m.at for m in ends], next_at=[m.next_attempt_at for m in ends],
+        outputs=[None if m.output is None else json.dumps(m.output) for m in ends],
+        errors=[m.error for m in ends], executors=[m.executor for m in ends], lease=timedelta(seconds=lease),
+    )
+    # The jobs are locked in id order first, as apply_updates does, so two writers cannot deadlock.
+    session.execute(
+        select(Job.id).where(Job.id.in_(sorted({m.job_id for m in ends}))).order_by(Job.id).with_for_update()
+    ).all()
+    moved = {uuid.UUID(str(row[0])) for row in session.execute(_END_JOBS_POSTGRESQL, params)}
+    recorded = {uuid.UUID(str(row[0])) for row in session.execute(_END_ATTEMPTS_POSTGRESQL, params)}
+    rest = [m for m in messages if m.status == JobStatus.RUNNING.value or m.job_id not in moved or m.job_id not in recorded]
+    return len(moved) + (apply_updates(session, rest, lease=lease) if rest else 0)

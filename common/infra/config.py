@@ -211,6 +211,16 @@ def options() -> list[tuple[str, str, Any]]:
     return [(f.metadata["env"], f.metadata["help"], f.default) for f in fields(Settings)]
 
 
+def settings_env(settings: Settings, base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """An environment that gives a child process exactly ``settings``: ``base`` (default this
+    process's environment) without its ``CHRONOQ_*`` variables, plus one per setting."""
+    env = {k: v for k, v in (os.environ if base is None else base).items() if not k.startswith(PREFIX)}
+    for f in fields(Settings):
+        value = getattr(settings, f.name)
+        env[f.metadata["env"]] = ",".join(value) if isinstance(value, tuple) else str(value)
+    return env
+
+
 def options_help(title: str = "settings (environment variables):") -> str:
     """The settings as help text, for ``--help`` epilogs."""
     lines = [title]

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import socket
 import subprocess
 import time
@@ -13,6 +12,7 @@ from pathlib import Path
 from typing import IO
 
 from common.infra.errors import BrokerUnavailable, ConfigError
+from common.launch.process import terminate
 
 log = logging.getLogger(__name__)
 
@@ -83,13 +83,7 @@ class LocalBroker:
     def stop(self, timeout: float = 10.0) -> None:
         """Stop the broker by its PID: SIGTERM, then SIGKILL if it does not exit."""
         process, self.process = self.process, None
-        if process is not None and process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        terminate(process, timeout)
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None

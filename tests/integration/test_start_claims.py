@@ -5,30 +5,19 @@ as a single claim."""
 from __future__ import annotations
 
 from datetime import timedelta
-from pathlib import Path
-from typing import Iterator
 
 import pytest
 from sqlalchemy import select, update
 
 from common.core import store
-from common.core.messages import DispatchMessage
-from common.core.migrate import upgrade
+from common.core.messages import DispatchMessage, UpdateMessage
 from common.core.models import Job, JobAttempt
 from common.infra.clock import ensure_aware, utcnow
-from common.infra.config import Settings, load_settings
+from common.infra.config import Settings
 from common.infra.db import session_scope
 from tests.helpers import add_job, get_job
 
 
-@pytest.fixture(params=["postgresql", "sqlite"])
-def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Settings]:
-    if request.param == "postgresql":
-        yield request.getfixturevalue("settings")
-        return
-    local = load_settings({}, database_url=f"sqlite:///{tmp_path / 'chronoq.db'}")
-    upgrade(local)
-    yield local
 
 
 def dispatch(settings: Settings, due_in: float) -> DispatchMessage:
@@ -90,3 +79,59 @@ def test_heartbeat_extends_only_the_leases_of_attempts_still_running(database: S
         assert store.extend_leases(session, [running, finished], now=later, lease=30) == 1
     assert ensure_aware(get_job(database, running.job_id).lease_until) == later + timedelta(seconds=30)
     assert ensure_aware(get_job(database, finished.job_id).lease_until) == now + timedelta(seconds=30)
+
+
+def _end(message: DispatchMessage, status: str, at, **fields) -> UpdateMessage:  # type: ignore[no-untyped-def]
+    return UpdateMessage(
+        job_id=message.job_id, token=message.token, status=status, attempt=message.attempt, at=at,
+        executor="e", started_at=at - timedelta(seconds=1), finished_at=at, **fields,
+    )
+
+
+def _state(settings: Settings, job_id) -> tuple:  # type: ignore[no-untyped-def]
+    job = get_job(settings, job_id)
+    with session_scope(settings) as session:
+        rows = session.scalars(select(JobAttempt).where(JobAttempt.job_id == job_id).order_by(JobAttempt.attempt)).all()
+        history = [(r.attempt, r.status, r.dispatch_token, r.executor, r.started_at, r.finished_at, r.output, r.error) for r in rows]
+    return (job.status, job.attempts, job.executor, job.started_at, job.finished_at, job.output, job.error,
+            job.next_attempt_at, job.lease_until, job.updated_at, history)
+
+
+@pytest.mark.parametrize("status,fields", [
+    ("SUCCESS", {"output": {"ok": True, "n": [1, 2]}}),
+    ("RETRYING", {"error": "HttpFailed: HTTP 500", "next_attempt_at": "later"}),
+    ("FAILED", {"error": "JobFailed: boom"}),
+])
+def test_the_executors_write_through_ends_attempts_exactly_as_the_result_writer_would(
+    database: Settings, status: str, fields: dict,
+) -> None:
+    now = utcnow()
+    if fields.get("next_attempt_at") == "later":
+        fields = {**fields, "next_attempt_at": now + timedelta(seconds=4)}
+    fast, general = dispatch(database, due_in=0), dispatch(database, due_in=0)
+    with session_scope(database) as session:
+        assert len(store.claim_starts(session, [fast, general], executor="e", now=now, lease=30)) == 2
+    at = now + timedelta(seconds=2)
+    with session_scope(database) as session:
+        assert store.end_attempts(session, [_end(fast, status, at, **fields)], lease=30) == 1
+        assert store.apply_updates(session, [_end(general, status, at, **fields)], lease=30) == 1
+    assert _state(database, fast.job_id) == _state(database, general.job_id)
+    assert get_job(database, fast.job_id).status == status
+    with session_scope(database) as session:  # a replay changes nothing
+        assert store.end_attempts(session, [_end(fast, status, at, **fields)], lease=30) == 0
+
+
+def test_an_end_reported_after_its_attempt_was_marked_lost_keeps_the_mark(database: Settings) -> None:
+    now = utcnow()
+    message = dispatch(database, due_in=0)
+    with session_scope(database) as session:
+        assert store.claim_starts(session, [message], executor="e", now=now, lease=1)
+    later = now + timedelta(seconds=5)
+    with session_scope(database) as session:  # the lease ran out: the scanner marks it lost, dispatches again
+        (again,) = store.claim_due(session, now=later, horizon=later, lease=30, limit=10).messages
+    assert again.token == message.token + 1
+    with session_scope(database) as session:
+        assert store.end_attempts(session, [_end(message, "SUCCESS", later, output={"late": True})], lease=30) == 0
+    (row,) = _state(database, message.job_id)[-1]
+    assert row[1] == "SUCCESS" and row[7].startswith(store.LOST) and "it ended SUCCESS later" in row[7]
+    assert get_job(database, message.job_id).status == "QUEUED"  # the new dispatch is untouched

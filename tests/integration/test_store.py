@@ -5,16 +5,11 @@ from __future__ import annotations
 import threading
 import uuid
 from datetime import timedelta
-from pathlib import Path
-from typing import Iterator
 
-import pytest
 import sqlalchemy as sa
 
 from common.core import store
-from common.core.migrate import upgrade
 from common.infra.clock import ensure_aware, utcnow
-from common.infra.config import Settings, load_settings
 from common.infra.db import get_engine, session_scope
 from common.core.messages import UpdateMessage
 from common.core.models import JobAttempt
@@ -217,14 +212,6 @@ def test_an_attempt_not_running_is_not_counted_lost(settings):
 # executemany on SQLite (the local run): both must leave the same rows behind.
 
 
-@pytest.fixture(params=["postgresql", "sqlite"])
-def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Settings]:
-    if request.param == "postgresql":
-        yield request.getfixturevalue("settings")
-        return
-    local = load_settings({}, database_url=f"sqlite:///{tmp_path / 'chronoq.db'}")
-    upgrade(local)
-    yield local
 
 
 def test_a_claim_leaves_each_job_as_its_message_says(database):
