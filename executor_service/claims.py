@@ -80,6 +80,8 @@ class Claims:
         self._closed = False
         self.claimed = 0
         self.batches = 0
+        #: Why an attempt was failed as missed, as written to the database (for its update).
+        self._missed: dict[AttemptKey, str] = {}
 
     def __len__(self) -> int:
         return len(self._heap)
@@ -101,6 +103,10 @@ class Claims:
             return await future
         finally:
             self._results.pop(key, None)
+
+    def missed_error(self, message: DispatchMessage) -> str:
+        """The error ``message``'s attempt was failed with as missed (once; after its claim)."""
+        return self._missed.pop(attempt_key(message), "missed")
 
     def take_unclaimed(self) -> list[DispatchMessage]:
         """Stop claiming; return the attempts whose claim was not taken (to hand back)."""
@@ -166,10 +172,12 @@ class Claims:
                 claimed = store.claim_starts(
                     session, wanted, executor=self.executor_id, now=now, lease=self.settings.lease_seconds,
                 )
-                failed = {
-                    attempt_key(m) for m in missed
-                    if store.fail_unstarted(session, m, error=_missed_error(m, now), now=now)
-                }
+                failed = set()
+                for m in missed:
+                    error = _missed_error(m, now)
+                    if store.fail_unstarted(session, m, error=error, now=now):
+                        failed.add(attempt_key(m))
+                        self._missed[attempt_key(m)] = error
             out = []
             for message in messages:
                 key = attempt_key(message)

@@ -138,7 +138,7 @@ class Runner:
         if claim is Claim.MISSED:
             self.counters.add("failed")
             now = clock.utcnow()
-            error = f"missed: {(now - message.execute_at).total_seconds():.1f}s late, grace {message.misfire_grace_seconds:g}s"
+            error = self.claims.missed_error(message)  # word for word what the database says
             log.warning("job %s FAILED without starting: %s", message.job_id, error)
             # The claim already wrote FAILED; the update tells the topic's readers.
             self.outcomes.final(self._update(message, JobStatus.FAILED, at=now, finished_at=now, error=error))
