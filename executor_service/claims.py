@@ -43,14 +43,14 @@ class Claim(enum.Enum):
     UNAVAILABLE = "unavailable"  # the database stayed away; the scanner re-dispatches it later
 
 
-def missed_by(message: DispatchMessage, now: datetime) -> float | None:
-    """Seconds late beyond which ``message`` counts as missed at ``now``, or None if it has
-    no grace or is within it."""
+def missed(message: DispatchMessage, now: datetime) -> str | None:
+    """The error of ``message``'s attempt when at ``now`` it is past its misfire grace (it must
+    then fail without running), or None."""
     grace = message.misfire_grace_seconds
     if grace is None:
         return None
     late = (now - message.execute_at).total_seconds()
-    return late if late > grace else None
+    return f"missed: {late:.1f}s late, grace {grace:g}s" if late > grace else None
 
 
 class _Waiting:
@@ -78,7 +78,6 @@ class Claims:
         self._results: dict[AttemptKey, asyncio.Future[Claim]] = {}
         self._changed = asyncio.Event()
         self._closed = False
-        self.claimed = 0
         self.batches = 0
         #: Why an attempt was failed as missed, as written to the database (for its update).
         self._missed: dict[AttemptKey, str] = {}
@@ -165,17 +164,16 @@ class Claims:
         away for up to half a lease."""
         def run() -> list[Claim]:
             now = clock.utcnow()
-            late = {attempt_key(m) for m in messages if missed_by(m, now) is not None}
-            missed = [m for m in messages if attempt_key(m) in late]
-            wanted = [m for m in messages if attempt_key(m) not in late]
+            errors = {attempt_key(m): error for m in messages if (error := missed(m, now)) is not None}
+            wanted = [m for m in messages if attempt_key(m) not in errors]
             with session_scope(self.settings) as session:
                 claimed = store.claim_starts(
                     session, wanted, executor=self.executor_id, now=now, lease=self.settings.lease_seconds,
                 )
                 failed = set()
-                for m in missed:
-                    error = _missed_error(m, now)
-                    if store.fail_unstarted(session, m, error=error, now=now):
+                for m in messages:
+                    error = errors.get(attempt_key(m))
+                    if error is not None and store.fail_unstarted(session, m, error=error, now=now):
                         failed.add(attempt_key(m))
                         self._missed[attempt_key(m)] = error
             out = []
@@ -194,10 +192,4 @@ class Claims:
         except GaveUp as exc:
             log.warning("%s; the scanner re-dispatches them when their leases run out", exc)
             return [Claim.UNAVAILABLE] * len(messages)
-        self.claimed += results.count(Claim.CLAIMED)
         return results
-
-
-def _missed_error(message: DispatchMessage, now: datetime) -> str:
-    late = (now - message.execute_at).total_seconds()
-    return f"missed: {late:.1f}s late, grace {message.misfire_grace_seconds:g}s"

@@ -86,7 +86,6 @@ class Outcomes:
         self.pending: list[UpdateMessage] = []
         self._pending_lock = threading.Lock()
         self.batches = 0
-        self.reported = 0
         self._gathered: list[Report] = []  # on the loop, not yet handed over
         self._thread = threading.Thread(target=self._run, name="executor-reporter", daemon=True)
         self._thread.start()
@@ -155,7 +154,6 @@ class Outcomes:
         for letter in letters:
             self.producer.dead_letter(letter)
         self.batches += 1
-        self.reported += len(batch)
 
     def _record(self, ends: list[UpdateMessage]) -> bool:
         if not ends:

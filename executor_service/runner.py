@@ -24,7 +24,7 @@ from common.infra.config import Settings
 from common.infra.deadletter import DeadLetter
 from common.infra.errors import JobTypeError
 
-from executor_service.claims import Claim, Claims
+from executor_service.claims import Claim, Claims, missed
 from executor_service.context import HandlerContext, PermanentFailure
 from executor_service.deadline import Threads, call_handler
 from executor_service.handlers import NATIVE_TIMEOUT, resolve
@@ -117,11 +117,10 @@ class Runner:
         try:
             await sleep_until(message.execute_at)
             now = clock.utcnow()
-            late = (now - message.execute_at).total_seconds()
-            grace = message.misfire_grace_seconds
-            if grace is not None and late > grace:
+            error = missed(message, now)
+            if error is not None:
                 # Claimed in time but fired past its grace (the executor stalled): it ends here.
-                self._report_missed(message, now, f"missed: {late:.1f}s late, grace {grace:g}s")
+                self._report_missed(message, now, error)
                 return
             self.outcomes.running(self._update(message, JobStatus.RUNNING, at=now, started_at=now))
             try:

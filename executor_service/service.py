@@ -178,7 +178,6 @@ class Executor:
             if fresh:
                 self.loop.call_soon_threadsafe(self._queue_claims, fresh)
         self.counters.add("scheduled", len(fresh))
-        _settle_garbage_collector()
         return True
 
     def _queue_claims(self, messages: list[DispatchMessage]) -> None:
@@ -188,7 +187,9 @@ class Executor:
     def _handle(self, messages: list[DispatchMessage]) -> bool:
         """ConsumerLoop's handler: put each dispatch into the scheduler (idempotent, so a batch
         handled again after one of its records failed schedules nothing twice)."""
-        return self.schedule_many(messages)
+        taken = self.schedule_many(messages)
+        _settle_garbage_collector()  # here, on the polling thread: never on the loop
+        return taken
 
     @property
     def health(self) -> HealthCheck:
@@ -276,22 +277,19 @@ class Executor:
         re-dispatches them now rather than after their lease."""
         if not messages:
             return 0
-        now = clock.utcnow()
-        handed = 0
         try:
             with session_scope(self.settings) as session:
-                for message in messages:
-                    if store.unclaim(session, message, now=now):
-                        handed += 1
-                    else:
-                        log.info(
-                            "job %s attempt %d not handed back (cancelled, finished or superseded meanwhile)",
-                            message.job_id, message.attempt,
-                        )
+                handed = store.unclaim_all(session, messages, now=clock.utcnow())
         except DatabaseUnavailable as exc:
             log.warning(
                 "could not hand back %d jobs (%s); the scanner re-dispatches them when their "
                 "leases run out", len(messages), exc,
             )
             return 0
-        return handed
+        for message in messages:
+            if message.job_id not in handed:
+                log.info(
+                    "job %s attempt %d not handed back (cancelled, finished or superseded meanwhile)",
+                    message.job_id, message.attempt,
+                )
+        return len(handed)

@@ -5,7 +5,6 @@ puts its job back to SCHEDULED, and one that was lost later is recovered by the 
 from __future__ import annotations
 
 import logging
-import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Callable
@@ -58,16 +57,7 @@ def dispatch(
     result.published = len(claimed.messages) - len(failed)
     if failed:
         with session_scope(settings) as session:
-            for message in failed:
-                store.unclaim(session, message, now=now)
+            store.unclaim_all(session, failed, now=now)
         result.unpublished = len(failed)
         log.warning("%d dispatches not acknowledged by Kafka; put back for the next scan", len(failed))
     return result
-
-
-def dispatch_ids(settings: Settings, producer: Producer, ids: list[uuid.UUID], *, now: datetime) -> DispatchResult:
-    """Dispatch these jobs now if they are still SCHEDULED (the API, for jobs due too soon for
-    the scanner)."""
-    return dispatch(
-        settings, producer, lambda s: store.claim_ids(s, ids, now=now, lease=settings.lease_seconds), now=now
-    )

@@ -224,17 +224,7 @@ def unclaim(session: Session, message: DispatchMessage, *, now: datetime) -> boo
     """Hand a dispatch that has not started back to the scanner (its message was not
     published, or its executor is stopping): SCHEDULED again, so the next scan dispatches it
     without waiting for the lease. A retry keeps its backoff in ``next_attempt_at``."""
-    result = session.execute(
-        update(Job)
-        .where(*_unstarted(message))
-        .values(
-            status=JobStatus.SCHEDULED.value,
-            lease_until=None,
-            next_attempt_at=message.execute_at if message.attempt > 1 else None,
-            updated_at=now,
-        )
-    )
-    return result.rowcount == 1
+    return message.job_id in unclaim_all(session, [message], now=now)
 
 
 def _unstarted(message: DispatchMessage):  # type: ignore[no-untyped-def]
