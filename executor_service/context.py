@@ -35,6 +35,12 @@ class HandlerContext:
     abandoned: threading.Event = field(default_factory=threading.Event)
     #: The executor's pool of keep-alive HTTP connections (for the ``http`` type).
     http: Any = None
+    #: The job's tenant, and the fencing token of the dispatch being run.
+    tenant: str = ""
+    dispatch_token: int = 0
+    #: The tenant's webhook signing secrets in clear, current first (a second one while a
+    #: rotation is in progress); ``http`` calls carry a signature made with each.
+    signing_secrets: tuple[str, ...] = ()
 
     def remaining(self) -> float:
         """Seconds left before the deadline (never negative)."""

@@ -38,6 +38,9 @@ NAMING = {
 _IN_FLIGHT_SQL = "status IN ('QUEUED', 'RUNNING', 'RETRYING')"
 _SCHEDULED_SQL = "status = 'SCHEDULED'"
 
+#: The tenant of rows written before tenants existed, and of an API with CHRONOQ_AUTH=off.
+DEFAULT_TENANT = "default"
+
 Timestamp = DateTime(timezone=True)
 
 
@@ -59,6 +62,8 @@ class Job(Base):
     __tablename__ = "jobs"
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    #: Owner of the job: every query, cancel and idempotency key is scoped by it.
+    tenant: Mapped[str] = mapped_column(String(64), default=DEFAULT_TENANT, server_default=DEFAULT_TENANT)
     name: Mapped[str] = mapped_column(String(200))
     type: Mapped[str] = mapped_column(String(100))
     payload: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
@@ -76,7 +81,7 @@ class Job(Base):
     dispatch_token: Mapped[int] = mapped_column(BigInteger, default=0)
     lease_until: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
     next_attempt_at: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
-    idempotency_key: Mapped[str | None] = mapped_column(String(200), nullable=True, unique=True)
+    idempotency_key: Mapped[str | None] = mapped_column(String(200), nullable=True)
     request_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
     created_at: Mapped[datetime] = mapped_column(Timestamp, default=_now)
     updated_at: Mapped[datetime] = mapped_column(Timestamp, default=_now, onupdate=_now)
@@ -111,6 +116,11 @@ class Job(Base):
         Index("ix_jobs_execute_at_id", "execute_at", "id"),
         Index("ix_jobs_status_execute_at_id", "status", "execute_at", "id"),
         Index("ix_jobs_type_execute_at_id", "type", "execute_at", "id"),
+        # A tenant's listing, and its count of unfinished jobs (the pending quota).
+        Index("ix_jobs_tenant_execute_at_id", "tenant", "execute_at", "id"),
+        Index("ix_jobs_tenant_status_execute_at_id", "tenant", "status", "execute_at", "id"),
+        # Idempotency keys are per tenant: two tenants may use the same key.
+        UniqueConstraint("tenant", "idempotency_key", name="uq_jobs_tenant_idempotency_key"),
     )
 
 
@@ -133,3 +143,63 @@ class JobAttempt(Base):
     job: Mapped[Job] = relationship(back_populates="history")
 
     __table_args__ = (UniqueConstraint("job_id", "attempt", name="uq_job_attempts_job_id_attempt"),)
+
+
+class Tenant(Base):
+    """A tenant: its webhook signing secret (encrypted when CHRONOQ_SECRET_KEY is set) and its
+    limits (null: the deployment's defaults)."""
+
+    __tablename__ = "tenants"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(Timestamp, default=_now)
+    signing_secret: Mapped[str] = mapped_column(Text)
+    #: The secret before the last rotation; deliveries carry a signature with each until it
+    #: is dropped, so receivers can switch without losing a call.
+    previous_signing_secret: Mapped[str | None] = mapped_column(Text, nullable=True)
+    signing_rotated_at: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
+    max_pending_jobs: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    creates_per_second: Mapped[float | None] = mapped_column(Float, nullable=True)
+    max_batch_jobs: Mapped[int | None] = mapped_column(Integer, nullable=True)
+
+
+class ApiKey(Base):
+    """An API key: ``cq_<prefix>_<secret>``; only the prefix (to find it) and a SHA-256 of the
+    whole key are stored."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    prefix: Mapped[str] = mapped_column(String(16), unique=True)
+    key_hash: Mapped[str] = mapped_column(String(64))
+    tenant: Mapped[str] = mapped_column(String(64), ForeignKey("tenants.name", ondelete="CASCADE"))
+    role: Mapped[str] = mapped_column(String(16))
+    name: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(Timestamp, default=_now)
+    created_by: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    last_used_at: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
+    revoked_at: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
+
+
+class AuditRecord(Base):
+    """One request that changed something (or tried to): who, which tenant, what, on which
+    object, from where, when, and how it ended (the HTTP status)."""
+
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(Timestamp, default=_now)
+    tenant: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    subject: Mapped[str] = mapped_column(String(200))
+    role: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    action: Mapped[str] = mapped_column(String(64))
+    target_type: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    target_id: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    address: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    outcome: Mapped[int] = mapped_column(Integer)
+    detail: Mapped[Any | None] = mapped_column(JSON, nullable=True)
+
+    __table_args__ = (
+        Index("ix_audit_log_at", "at"),
+        Index("ix_audit_log_tenant_at", "tenant", "at"),
+    )

@@ -5,6 +5,7 @@ CLI help and the README are written from."""
 from __future__ import annotations
 
 import os
+import re
 import socket
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -13,6 +14,7 @@ from typing import Any, Callable, Mapping
 from common.infra.errors import ConfigError
 
 PREFIX = "CHRONOQ_"
+KAFKA_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 
 
 def _bool(raw: str) -> bool:
@@ -151,11 +153,97 @@ class Settings:
         "RETRY_BACKOFF_MAX_SECONDS", 300.0, _positive(float), "Longest retry delay."
     )
     retry_jitter: float = _opt("RETRY_JITTER", 0.1, float, "Random share (0-1) added to each retry delay.")
-    shell_enabled: bool = _opt("SHELL_ENABLED", False, _bool, "Allow the `shell` job type.")
+    shell_enabled: bool = _opt("SHELL_ENABLED", False, _bool, "Allow the `shell` job type (admins only).")
+    shell_allowed_commands: tuple[str, ...] = _opt(
+        "SHELL_ALLOWED_COMMANDS", (), _list,
+        "Executables `shell` jobs may run (`argv[0]` exactly as given, comma separated); empty: any.",
+    )
     http_allowed_hosts: tuple[str, ...] = _opt(
         "HTTP_ALLOWED_HOSTS", (), _list,
-        "Hosts `http` jobs may call (comma separated, `*.example.com` allowed); empty: any host.",
+        "Hosts `http` jobs may call (comma separated, `*.example.com` allowed); empty: any public host.",
     )
+    http_allow_private: tuple[str, ...] = _opt(
+        "HTTP_ALLOW_PRIVATE", (), _list,
+        "Networks (CIDR, comma separated, e.g. `127.0.0.1/32,10.1.0.0/16`) that `http` jobs may reach "
+        "although they are loopback, private, link-local, multicast or reserved; empty: none.",
+    )
+    http_detailed_errors: bool = _opt(
+        "HTTP_DETAILED_ERRORS", False, _bool,
+        "Say why an `http` call could not connect (refused, timed out, DNS) in the job's error; "
+        "off: one text for all, so that jobs cannot map internal ports.",
+    )
+    http_max_redirects: int = _opt(
+        "HTTP_MAX_REDIRECTS", 5, int, "Redirects an `http` job follows, each target checked again; 0: none."
+    )
+    http_output_bytes: int = _opt(
+        "HTTP_OUTPUT_BYTES", 4096, _positive(int), "Bytes of an `http` response body kept as the job's output."
+    )
+    auth_enabled: bool = _opt(
+        "AUTH", True, _bool,
+        "Require a credential (API key or JWT) on every API request but /healthz and /readyz; `off` "
+        "opens the API to anyone who can reach it.",
+    )
+    jwt_issuer: str = _opt("JWT_ISSUER", "", str, "Accept JWT bearer tokens from this issuer (`iss`); empty: no JWTs.")
+    jwt_audience: str = _opt("JWT_AUDIENCE", "chronoq", str, "Audience (`aud`) a JWT must name.")
+    jwt_jwks_url: str = _opt("JWT_JWKS_URL", "", str, "URL of the issuer's JWKS (RS256/ES256 tokens).")
+    jwt_secret: str = _opt("JWT_SECRET", "", str, "Shared secret of HS256 tokens (instead of a JWKS URL).")
+    jwt_tenant_claim: str = _opt("JWT_TENANT_CLAIM", "tenant", str, "Claim that names the tenant.")
+    jwt_role_claim: str = _opt(
+        "JWT_ROLE_CLAIM", "role", str, "Claim that names the role (a string or a list; the highest known role counts)."
+    )
+    jwt_leeway_seconds: float = _opt("JWT_LEEWAY_SECONDS", 30.0, float, "Clock skew allowed on `exp`/`nbf`.")
+    metrics_auth: bool = _opt(
+        "METRICS_AUTH", True, _bool, "The API's /metrics needs a credential (any role); off: open like /healthz."
+    )
+    trusted_hosts: tuple[str, ...] = _opt(
+        "TRUSTED_HOSTS", ("localhost", "127.0.0.1", "::1"), _list,
+        "Host header values the API answers (comma separated, `.example.com` for subdomains); others get 400. "
+        "Keeps a web page from driving a local chronoq through DNS rebinding.",
+    )
+    auth_failures_per_minute: int = _opt(
+        "AUTH_FAILURES_PER_MINUTE", 20, _positive(int),
+        "Failed authentications one client address may make per minute before it gets 429.",
+    )
+    rate_limit_storage: str = _opt(
+        "RATE_LIMIT_STORAGE", "memory://", str,
+        "Where rate-limit counters live: `memory://` (per API process) or `redis://host:6379` (shared).",
+    )
+    tenant_max_pending_jobs: int = _opt(
+        "TENANT_MAX_PENDING_JOBS", 1_000_000, _positive(int),
+        "Jobs one tenant may have not yet finished; per-tenant overrides through /api/tenants.",
+    )
+    tenant_creates_per_second: float = _opt(
+        "TENANT_CREATES_PER_SECOND", 2000.0, _positive(float),
+        "Jobs one tenant may create per second (a batch counts each job); over it: 429 with Retry-After.",
+    )
+    tenant_max_batch_jobs: int = _opt(
+        "TENANT_MAX_BATCH_JOBS", 10_000, _positive(int), "Jobs in one batch request (at most 10,000)."
+    )
+    max_metadata_bytes: int = _opt(
+        "MAX_METADATA_BYTES", 16384, _positive(int), "Largest accepted job `metadata` (JSON-encoded)."
+    )
+    local_tenant: str = _opt(
+        "LOCAL_TENANT", "default", _name, "Tenant of requests when CHRONOQ_AUTH is off, and of `chronoq up`'s admin key."
+    )
+    audit_retention_days: float = _opt(
+        "AUDIT_RETENTION_DAYS", 90.0, _positive(float), "Audit records older than this are deleted by the scanner."
+    )
+    secret_key: str = _opt(
+        "SECRET_KEY", "", str,
+        "Fernet key(s) that encrypt secret header and env values and signing secrets at rest, comma "
+        "separated: the first encrypts, all decrypt (rotation). Without one, secret values are refused.",
+    )
+    kafka_security_protocol: str = _opt(
+        "KAFKA_SECURITY_PROTOCOL", "PLAINTEXT", str, "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL."
+    )
+    kafka_sasl_mechanism: str = _opt(
+        "KAFKA_SASL_MECHANISM", "", str, "PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (with a SASL protocol)."
+    )
+    kafka_sasl_username: str = _opt("KAFKA_SASL_USERNAME", "", str, "SASL user name.")
+    kafka_sasl_password: str = _opt("KAFKA_SASL_PASSWORD", "", str, "SASL password.")
+    kafka_ssl_cafile: str = _opt("KAFKA_SSL_CAFILE", "", str, "CA bundle that signs the brokers' certificates.")
+    kafka_ssl_certfile: str = _opt("KAFKA_SSL_CERTFILE", "", str, "Client certificate (mutual TLS).")
+    kafka_ssl_keyfile: str = _opt("KAFKA_SSL_KEYFILE", "", str, "Client certificate's key (mutual TLS).")
     handlers: tuple[str, ...] = _opt(
         "HANDLERS", (), _list, "Extra job types as `type=package.module:function`, comma separated."
     )
@@ -206,6 +294,27 @@ class Settings:
         return f"{self.group_prefix}-results"
 
 
+#: Settings whose values are credentials: shown masked by ``chronoq config`` and never logged.
+SECRET_SETTINGS = frozenset({"jwt_secret", "secret_key", "kafka_sasl_password"})
+#: Settings that are URLs and may carry a password (``scheme://user:password@host``).
+URL_SETTINGS = frozenset({"database_url", "rate_limit_storage", "jwt_jwks_url"})
+
+
+def mask_url(url: str) -> str:
+    """``url`` with the password of its user part (``scheme://user:password@host``) as ``***``."""
+    return re.sub(r"(://[^:/@\s]*):[^/@\s]+@", r"\1:***@", url)
+
+
+def shown_value(settings: Settings, name: str) -> Any:
+    """The value of setting ``name`` as it may be printed: credentials masked."""
+    value = getattr(settings, name)
+    if name in SECRET_SETTINGS:
+        return "***" if value else ""
+    if name in URL_SETTINGS and isinstance(value, str):
+        return mask_url(value)
+    return value
+
+
 def options() -> list[tuple[str, str, Any]]:
     """(variable, help, default) of every setting, for CLI help and docs."""
     return [(f.metadata["env"], f.metadata["help"], f.default) for f in fields(Settings)]
@@ -247,6 +356,15 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) ->
     settings = Settings(**values)
     if not 0 <= settings.default_max_retries <= 10:
         raise ConfigError(f"{PREFIX}DEFAULT_MAX_RETRIES: must be 0-10, got {settings.default_max_retries}")
+    if settings.kafka_security_protocol.upper() not in KAFKA_PROTOCOLS:
+        raise ConfigError(
+            f"{PREFIX}KAFKA_SECURITY_PROTOCOL: must be one of {', '.join(KAFKA_PROTOCOLS)}, "
+            f"got {settings.kafka_security_protocol!r}"
+        )
+    if settings.jwt_issuer and not (settings.jwt_jwks_url or settings.jwt_secret):
+        raise ConfigError(f"{PREFIX}JWT_ISSUER is set: give {PREFIX}JWT_JWKS_URL or {PREFIX}JWT_SECRET too")
+    if not 1 <= settings.tenant_max_batch_jobs <= 10_000:
+        raise ConfigError(f"{PREFIX}TENANT_MAX_BATCH_JOBS: must be 1-10000, got {settings.tenant_max_batch_jobs}")
     if not 0 <= settings.retry_jitter <= 1:
         raise ConfigError(f"{PREFIX}RETRY_JITTER: must be 0-1, got {settings.retry_jitter}")
     return settings

@@ -16,7 +16,7 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from common.infra.config import PREFIX, Settings
+from common.infra.config import PREFIX, Settings, mask_url
 from common.infra.errors import ConfigError, DatabaseUnavailable
 
 DATABASE_URL_ENV = PREFIX + "DATABASE_URL"
@@ -49,7 +49,7 @@ def masked_url(url: str) -> str:
     try:
         return make_url(url).render_as_string(hide_password=True)
     except (ArgumentError, ValueError):  # not parseable: mask what sits between "user:" and "@"
-        return re.sub(r":[^:/@\s]+@", ":***@", url)
+        return mask_url(url)
 
 
 def _one_line(exc: BaseException) -> str:

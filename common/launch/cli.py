@@ -9,7 +9,7 @@ import logging
 import os
 import sys
 
-from common.infra.config import options, options_help
+from common.infra.config import options, options_help, shown_value
 from common.infra.errors import ChronoqError, ConfigError
 from common.infra.lifecycle import EXIT_CONFIG, EXIT_OK, EXIT_UNAVAILABLE, load_or_exit
 from common.infra.logs import setup_logging
@@ -68,8 +68,7 @@ def main(argv: list[str] | None = None) -> int:
             log.info("topics ready: %s", ", ".join(settings.topics))
         elif args.command == "config":
             for env, _help, _default in options():
-                field = env.removeprefix("CHRONOQ_").lower()
-                print(f"{env}={getattr(settings, field)!r}")
+                print(f"{env}={shown_value(settings, env.removeprefix('CHRONOQ_').lower())!r}")
     except ConfigError as exc:
         log.error("invalid setting %s", exc)
         return EXIT_CONFIG
