@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from flask import Flask, Response, request
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 import common
 from common.infra.config import Settings, load_settings
 
-from api import health, jobs, publish
+from api import admin, audit, auth, health, jobs, publish
 from api.context import EXTENSION, Runtime, runtime
 from api.encoding import OrjsonProvider
 from api.errors import ChronoqApi, register_error_handlers
@@ -29,13 +30,31 @@ def create_app(settings: Settings | None = None) -> Flask:
         OPENAPI_JSON_PATH="openapi.json",
         OPENAPI_SWAGGER_UI_PATH="/docs",
         OPENAPI_SWAGGER_UI_URL=SWAGGER_UI_CDN,
+        # Requests naming another host are refused (400): a web page cannot drive a local
+        # chronoq by pointing a DNS name of its own at 127.0.0.1.
+        TRUSTED_HOSTS=list(settings.trusted_hosts) or None,
     )
     app.json = OrjsonProvider(app)
+    if settings.proxy_hops:
+        # Behind a load balancer every peer is the proxy: its X-Forwarded-* name the client.
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.proxy_hops, x_proto=settings.proxy_hops,  # type: ignore[method-assign]
+                                x_host=settings.proxy_hops)
     rt = app.extensions[EXTENSION] = Runtime(settings)
     publish.install(app, rt)
     api = ChronoqApi(app, spec_kwargs={"info": {"description": "Run jobs at an exact future time."}})
+    app.extensions["chronoq-api"] = api
+    api.spec.components.security_scheme(auth.SCHEME, {
+        "type": "http", "scheme": "bearer",
+        "description": "An API key (`cq_…`, from `chronoq keys create` or POST /api/keys) or, where an "
+                       "identity provider is configured, a JWT.",
+    })
     register_error_handlers(app, api)
+    auth.install(app)
+    audit.install(app)
     api.register_blueprint(jobs.blp)
+    api.register_blueprint(admin.keys)
+    api.register_blueprint(admin.tenants)
+    api.register_blueprint(admin.audit)
     api.register_blueprint(health.blp)
     app.after_request(_count_request)
     return app

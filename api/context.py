@@ -14,7 +14,11 @@ from common.infra import clock
 from common.infra.config import Settings
 from common.infra.kafka import Producer
 
+from common.core.secrets import Keyring
+
 from api.metrics import Metrics
+from api.quotas import Quotas
+from api.ratelimit import Limiter
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +31,9 @@ class Runtime:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.metrics = Metrics()
+        self.keyring = Keyring.from_settings(settings)
+        self.limiter = Limiter(settings)
+        self.quotas = Quotas(settings, self.limiter, self.keyring)
         self._lock = threading.Lock()
         self._producer: Producer | None = None
         self._producer_pid: int | None = None

@@ -15,7 +15,7 @@ import uuid
 from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from marshmallow import ValidationError
 from sqlalchemy import select
@@ -48,9 +48,9 @@ def request_hash(body: Any) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def _new_job(fields: dict[str, Any], idempotency_key: str | None, body_hash: str | None) -> dict[str, Any]:
+def _new_job(fields: dict[str, Any], tenant: str, idempotency_key: str | None, body_hash: str | None) -> dict[str, Any]:
     return {
-        "id": uuid.uuid4(), "idempotency_key": idempotency_key,
+        "id": uuid.uuid4(), "tenant": tenant, "idempotency_key": idempotency_key,
         "request_hash": body_hash if idempotency_key else None, **fields,
     }
 
@@ -72,17 +72,18 @@ class Created:
 
 
 def create_job(
-    rt: Runtime, fields: dict[str, Any], *, now: datetime, idempotency_key: str | None, body_hash: str | None
+    rt: Runtime, fields: dict[str, Any], *, tenant: str, now: datetime, idempotency_key: str | None,
+    body_hash: str | None,
 ) -> Created:
-    """Store a job from validated ``fields`` and dispatch it if it is due soon. With an
-    ``idempotency_key`` already used for the same body the first job is returned instead; for
-    a different body, :class:`IdempotencyConflict`."""
+    """Store a job of ``tenant`` from validated ``fields`` and dispatch it if it is due soon.
+    With an ``idempotency_key`` the tenant already used for the same body the first job is
+    returned instead; for a different body, :class:`IdempotencyConflict`."""
     settings = rt.settings
-    job = _new_job(fields, idempotency_key, body_hash)
+    job = _new_job(fields, tenant, idempotency_key, body_hash)
     messages: list[Any] = []
     try:
         with session_scope(settings) as session:
-            existing = _by_key(session, idempotency_key) if idempotency_key else None
+            existing = _by_key(session, tenant, idempotency_key) if idempotency_key else None
             if existing is None:
                 messages = _store(rt, session, [job], now)
     except IntegrityError:
@@ -90,7 +91,7 @@ def create_job(
         if not idempotency_key:
             raise
         with session_scope(settings) as session:
-            existing = _by_key(session, idempotency_key)
+            existing = _by_key(session, tenant, idempotency_key)
         if existing is None:
             raise
     if existing is not None:
@@ -109,8 +110,8 @@ def _conflict(key: str | None, job_id: uuid.UUID, what: str) -> str:
             "use a new key for a new job")
 
 
-def _by_key(session: Any, key: str) -> Job | None:
-    return session.scalar(select(Job).where(Job.idempotency_key == key))
+def _by_key(session: Any, tenant: str, key: str) -> Job | None:
+    return session.scalar(select(Job).where(Job.tenant == tenant, Job.idempotency_key == key))
 
 
 def _reread(rt: Runtime, job: dict[str, Any]) -> Any:
@@ -134,11 +135,14 @@ class _Answer:
     errors: dict[str, Any] | None = None
 
 
-def create_batch(rt: Runtime, items: list[Any], *, now: datetime) -> dict[str, Any]:
+def create_batch(
+    rt: Runtime, items: list[Any], *, tenant: str, now: datetime, may_run: Callable[[str], str | None],
+) -> dict[str, Any]:
     """Create the valid ``items`` (each checked like a single create, with an optional
-    ``idempotency_key``) in one transaction, dispatch those due soon, and answer per item in
-    request order: ``{"created", "existing", "failed", "items": [{"index", "code", "job" |
-    "errors"}]}``."""
+    ``idempotency_key``) for ``tenant`` in one transaction, dispatch those due soon, and answer
+    per item in request order: ``{"created", "existing", "failed", "items": [{"index", "code",
+    "job" | "errors"}]}``. ``may_run(type)`` says why the caller may not create a job of that
+    type (its item is then a 403), or None."""
     # Given the settings, not finding them in the app for every rule of every item.
     schema = BatchJobSchema(settings=rt.settings)
     answers: list[_Answer | None] = [None] * len(items)
@@ -150,11 +154,15 @@ def create_batch(rt: Runtime, items: list[Any], *, now: datetime) -> dict[str, A
             errors = exc.messages if isinstance(exc.messages, dict) else {"_schema": exc.messages}
             answers[index] = _Answer(422, errors=errors)
             continue
+        refused = may_run(fields["type"])
+        if refused is not None:
+            answers[index] = _Answer(403, errors={"type": [refused]})
+            continue
         key = fields.pop("idempotency_key", None)
         # Hashed without its key, like a single create's body: the same job sent either way
         # with the same key is one job.
         body_hash = request_hash({k: v for k, v in item.items() if k != "idempotency_key"}) if key else None
-        pending.append((index, _new_job(fields, key, body_hash)))
+        pending.append((index, _new_job(fields, tenant, key, body_hash)))
 
     keys = {job["idempotency_key"] for _, job in pending if job["idempotency_key"]}
     fresh: list[dict[str, Any]] = []
@@ -162,7 +170,7 @@ def create_batch(rt: Runtime, items: list[Any], *, now: datetime) -> dict[str, A
     for attempt in range(1, KEY_RACE_TRIES + 1):
         try:
             with session_scope(rt.settings) as session:
-                found = _by_keys(session, keys)
+                found = _by_keys(session, tenant, keys)
                 fresh = _resolve_keys(pending, found, answers)
                 messages = _store(rt, session, fresh, now)
             break
@@ -182,12 +190,14 @@ def create_batch(rt: Runtime, items: list[Any], *, now: datetime) -> dict[str, A
     return _batch_result(answers)
 
 
-def _by_keys(session: Any, keys: set[str]) -> dict[str, Any]:
-    """The stored jobs of these idempotency keys: key → (id, request_hash, status, execute_at)."""
+def _by_keys(session: Any, tenant: str, keys: set[str]) -> dict[str, Any]:
+    """The tenant's stored jobs of these idempotency keys: key → (id, request_hash, status,
+    execute_at)."""
     if not keys:
         return {}
     query = select(Job.idempotency_key, Job.id, Job.request_hash, Job.status, Job.execute_at)
-    return {row.idempotency_key: row for row in session.execute(query.where(Job.idempotency_key.in_(keys)))}
+    where = (Job.tenant == tenant, Job.idempotency_key.in_(keys))
+    return {row.idempotency_key: row for row in session.execute(query.where(*where))}
 
 
 def _resolve_keys(
@@ -231,4 +241,5 @@ def _batch_result(answers: list[_Answer | None]) -> dict[str, Any]:
             items.append({"index": index, "code": answer.code, "job": ref})
         else:
             items.append({"index": index, "code": answer.code, "errors": answer.errors})
-    return {"created": codes[201], "existing": codes[200], "failed": codes[409] + codes[422], "items": items}
+    return {"created": codes[201], "existing": codes[200], "failed": codes[403] + codes[409] + codes[422],
+            "items": items}

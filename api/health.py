@@ -7,8 +7,10 @@ from typing import Any
 from flask import Response
 from flask_smorest import Blueprint
 
+from common.core.roles import Role
 from common.infra.db import ping
 
+from api.auth import requires
 from api.context import runtime
 from api.schemas import HealthSchema
 
@@ -16,6 +18,7 @@ blp = Blueprint("health", __name__, description="Probes and metrics for operator
 
 
 @blp.route("/healthz")
+@requires(None)
 @blp.response(200, HealthSchema)
 def healthz() -> dict[str, Any]:
     """The process is alive (it checks nothing else)."""
@@ -23,6 +26,7 @@ def healthz() -> dict[str, Any]:
 
 
 @blp.route("/readyz")
+@requires(None)
 @blp.response(200, HealthSchema)
 @blp.alt_response(503, description="The database does not answer.", success=False)
 def readyz() -> dict[str, Any]:
@@ -32,6 +36,7 @@ def readyz() -> dict[str, Any]:
 
 
 @blp.route("/metrics")
+@requires(Role.VIEWER)  # open when CHRONOQ_METRICS_AUTH=off (api/auth.py)
 @blp.doc(responses={"200": {"description": "Prometheus text format.", "content": {"text/plain": {}}}})
 def metrics() -> Response:
     """Prometheus metrics of this worker process."""

@@ -14,7 +14,11 @@ from common.infra.errors import JobNotFound
 from common.core.store import cancel
 from common.core.states import JobStatus
 
+from common.core.roles import Role
+
 from api import queries
+from api.audit import note
+from api.auth import principal, requires
 from api.context import request_now, runtime
 from api.create import create_batch, create_job, request_hash
 from api.errors import JobNotCancellable
@@ -57,22 +61,34 @@ def _location(job_id: uuid.UUID) -> dict[str, str]:
     return {"Location": url_for("jobs.JobView", job_id=str(job_id))}
 
 
+def may_run(job_type: str) -> str | None:
+    """Why the caller may not create a job of ``job_type`` (None: it may). ``shell`` runs
+    programs on the executors' hosts: admins only."""
+    if job_type == "shell" and principal().role < Role.ADMIN:
+        return "only admins may create shell jobs"
+    return None
+
+
 @blp.route("")
 class JobsView(MethodView):
     # Schema instances, not classes: webargs would build a new schema for every request.
+    @requires(Role.VIEWER)
     @blp.arguments(JobQuerySchema(), location="query", as_kwargs=True)
     @blp.response(200, JobPageSchema)
     def get(self, limit: int, cursor: Cursor | None = None, status: list[str] | None = None,
-            **where: Any) -> dict[str, Any]:
-        """List jobs in execute_at order, filtered, one page at a time.
+            tenant: str | None = None, **where: Any) -> dict[str, Any]:
+        """List the caller's jobs in execute_at order, filtered, one page at a time.
 
         Pass ``next_cursor`` back as ``cursor`` for the next page; it is null on the last one.
+        Admins see every tenant's jobs (``tenant`` narrows the list); others only their own.
         """
-        filters = queries.JobFilter(statuses=tuple(status or ()), **where)
+        scope = principal().tenant_scope
+        filters = queries.JobFilter(tenant=scope if scope is not None else tenant, statuses=tuple(status or ()), **where)
         with session_scope(runtime().settings) as session:
             items, next_cursor = queries.list_jobs(session, filters, limit=limit, after=cursor)
         return {"items": items, "next_cursor": next_cursor.encode() if next_cursor else None}
 
+    @requires(Role.WRITER)
     @blp.arguments(IdempotencyHeaderSchema(), location="headers", as_kwargs=True)
     @blp.arguments(JobCreateSchema())
     @blp.response(201, JobSchema, headers={"Location": {"description": "URL of the job", "schema": {"type": "string"}}})
@@ -86,13 +102,23 @@ class JobsView(MethodView):
         SCHEDULED and the scanner dispatches it. With an Idempotency-Key, repeating the same
         request returns the first job with 200; the same key with another body is a 422.
         """
+        caller = principal()
+        refused = may_run(fields["type"])
+        if refused is not None:
+            note("jobs.create", "job", None, type=fields["type"])
+            abort(403, message=refused)
+        rt = runtime()
+        rt.quotas.admit(caller.tenant, 1)
         body_hash = request_hash(request.get_json()) if idempotency_key else None
-        result = create_job(runtime(), fields, now=request_now(), idempotency_key=idempotency_key, body_hash=body_hash)
+        result = create_job(rt, fields, tenant=caller.tenant, now=request_now(), idempotency_key=idempotency_key,
+                            body_hash=body_hash)
+        note("jobs.create" if result.new else "jobs.create.repeat", "job", result.id)
         return result.job, 201 if result.new else 200, _location(result.id)
 
 
 @blp.route("/batch")
 class JobBatchView(MethodView):
+    @requires(Role.WRITER)
     @blp.arguments(JobBatchSchema())
     @blp.response(200, JobBatchResultSchema)
     @blp.alt_response(413, description=f"More than {MAX_BATCH_JOBS:,} jobs (or a body over "
@@ -112,28 +138,38 @@ class JobBatchView(MethodView):
         if len(jobs) > MAX_BATCH_JOBS:
             abort(413, message=f"At most {MAX_BATCH_JOBS:,} jobs per request.",
                   errors={"json": {"jobs": [f"has {len(jobs):,} jobs; send at most {MAX_BATCH_JOBS:,} per request"]}})
+        rt, caller = runtime(), principal()
+        note("jobs.batch", "batch", None, jobs=len(jobs))
+        rt.quotas.admit(caller.tenant, len(jobs))
         # Built ready to send: dumping 10,000 items through the schema (which documents them)
         # would cost more than storing them.
-        return jsonify(create_batch(runtime(), jobs, now=request_now()))
+        result = create_batch(rt, jobs, tenant=caller.tenant, now=request_now(), may_run=may_run)
+        note("jobs.batch", "batch", None, jobs=len(jobs), created=result["created"], failed=result["failed"])
+        return jsonify(result)
 
 
 @blp.route("/stats")
 class JobStatsView(MethodView):
+    @requires(Role.VIEWER)
     @blp.response(200, StatsSchema)
     def get(self) -> dict[str, Any]:
-        """Count jobs by status and type, and the SCHEDULED jobs already overdue."""
+        """Count the caller's jobs (an admin's: every tenant's) by status and type, and the
+        SCHEDULED jobs already overdue."""
         with session_scope(runtime().settings) as session:
-            return queries.job_stats(session, now=request_now())
+            return queries.job_stats(session, now=request_now(), tenant=principal().tenant_scope)
 
 
 @blp.route("/<job_id>")
 class JobView(MethodView):
+    @requires(Role.VIEWER)
     @blp.response(200, JobSchema)
+    @blp.alt_response(404, description="No such job (or another tenant's).", success=False)
     def get(self, job_id: str) -> Any:
         """Get one job."""
         with session_scope(runtime().settings) as session:
-            return queries.get_job(session, _job_id(job_id))
+            return queries.get_job(session, _job_id(job_id), principal().tenant_scope)
 
+    @requires(Role.WRITER)
     @blp.response(200, JobSchema)
     @blp.alt_response(404, description="No such job.", success=False)
     @blp.alt_response(409, description="The job is running or finished (or already cancelled).", success=False)
@@ -145,14 +181,16 @@ class JobView(MethodView):
         so is a job that is already CANCELLED (a repeated DELETE is told it was cancelled
         before, rather than silently succeeding).
         """
+        note("jobs.cancel", "job", job_id)
         uid = _job_id(job_id)
+        scope = principal().tenant_scope
         with session_scope(runtime().settings) as session:
-            result = cancel(session, uid, now=request_now())
+            result = cancel(session, uid, now=request_now(), tenant=scope)
             if result.status is None:
                 raise JobNotFound(uid)
             if not result.cancelled:
                 raise JobNotCancellable(_not_cancellable_message(uid, result.status))
-            return queries.get_job(session, uid)
+            return queries.get_job(session, uid, scope)
 
 
 def _not_cancellable_message(job_id: uuid.UUID, status: str) -> str:
@@ -165,8 +203,9 @@ def _not_cancellable_message(job_id: uuid.UUID, status: str) -> str:
 
 @blp.route("/<job_id>/attempts")
 class JobAttemptsView(MethodView):
+    @requires(Role.VIEWER)
     @blp.response(200, AttemptListSchema)
     def get(self, job_id: str) -> dict[str, Any]:
         """The job's attempts in order: start, end, outcome, output, error, executor."""
         with session_scope(runtime().settings) as session:
-            return {"items": queries.list_attempts(session, _job_id(job_id))}
+            return {"items": queries.list_attempts(session, _job_id(job_id), principal().tenant_scope)}

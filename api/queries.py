@@ -20,6 +20,7 @@ from api.schemas import Cursor
 
 @dataclass(frozen=True)
 class JobFilter:
+    tenant: str | None = None  # None: every tenant (admins)
     statuses: tuple[str, ...] = ()
     type: str | None = None
     name: str | None = None
@@ -27,10 +28,11 @@ class JobFilter:
     execute_before: datetime | None = None
 
 
-def get_job(session: Session, job_id: uuid.UUID) -> Job:
-    """The job, or :class:`JobNotFound`."""
+def get_job(session: Session, job_id: uuid.UUID, tenant: str | None = None) -> Job:
+    """The job, or :class:`JobNotFound` — also when it belongs to another tenant than
+    ``tenant`` (None: any), so that a caller cannot tell another tenant's job from none."""
     job = session.get(Job, job_id)
-    if job is None:
+    if job is None or (tenant is not None and job.tenant != tenant):
         raise JobNotFound(job_id)
     return job
 
@@ -41,6 +43,8 @@ def list_jobs(
     """One page of jobs in (execute_at, id) order, and the cursor of the next page (None at
     the end)."""
     query = select(Job)
+    if where.tenant is not None:
+        query = query.where(Job.tenant == where.tenant)
     if where.statuses:
         query = query.where(Job.status.in_(where.statuses))
     if where.type is not None:
@@ -61,25 +65,29 @@ def list_jobs(
     return rows[:limit], Cursor(last.execute_at, last.id)
 
 
-def list_attempts(session: Session, job_id: uuid.UUID) -> list[JobAttempt]:
-    """The job's attempts in order; :class:`JobNotFound` when there is no such job."""
-    get_job(session, job_id)
+def list_attempts(session: Session, job_id: uuid.UUID, tenant: str | None = None) -> list[JobAttempt]:
+    """The job's attempts in order; :class:`JobNotFound` when there is no such job (of ``tenant``)."""
+    get_job(session, job_id, tenant)
     return list(
         session.scalars(select(JobAttempt).where(JobAttempt.job_id == job_id).order_by(JobAttempt.attempt))
     )
 
 
-def job_stats(session: Session, *, now: datetime) -> dict[str, Any]:
+def job_stats(session: Session, *, now: datetime, tenant: str | None = None) -> dict[str, Any]:
     """Counts by status (every status, zeros included) and by type, and how many SCHEDULED
-    jobs are overdue at ``now``."""
+    jobs are overdue at ``now``, of ``tenant`` (None: every tenant)."""
+    scope = (Job.tenant == tenant,) if tenant is not None else ()
     by_status = {status.value: 0 for status in JobStatus}
-    for status, count in session.execute(select(Job.status, func.count()).group_by(Job.status)):
+    for status, count in session.execute(select(Job.status, func.count()).where(*scope).group_by(Job.status)):
         by_status[status] = count
     by_type = {
         job_type: count
-        for job_type, count in session.execute(select(Job.type, func.count()).group_by(Job.type).order_by(Job.type))
+        for job_type, count in session.execute(
+            select(Job.type, func.count()).where(*scope).group_by(Job.type).order_by(Job.type)
+        )
     }
     overdue = session.scalar(
-        select(func.count()).select_from(Job).where(Job.status == JobStatus.SCHEDULED.value, Job.execute_at < now)
+        select(func.count()).select_from(Job)
+        .where(Job.status == JobStatus.SCHEDULED.value, Job.execute_at < now, *scope)
     )
     return {"total": sum(by_status.values()), "by_status": by_status, "by_type": by_type, "overdue": overdue or 0}

@@ -19,6 +19,7 @@ from marshmallow import Schema, ValidationError, fields, post_load, validate, va
 from common.infra.clock import ensure_aware, isoformat
 from common.infra.config import Settings
 from common.core.jobtypes import enabled_types, load_payload
+from common.core.secrets import Keyring, has_secrets, redact, seal
 from common.core.states import JobStatus
 
 from api.context import current_settings, request_now
@@ -123,7 +124,8 @@ class JobCreateSchema(_SettingsSchema):
 
     name = Text(required=True, validate=validate.Length(min=1, max=200))
     type = Text(
-        required=True, metadata={"description": "A job type enabled in this deployment, e.g. http, noop."}
+        required=True, validate=validate.Length(min=1, max=100),
+        metadata={"description": "A job type enabled in this deployment, e.g. http, noop."},
     )
     payload = fields.Dict(
         keys=fields.String(), load_default=dict, validate=_storable_json,
@@ -184,6 +186,10 @@ class JobCreateSchema(_SettingsSchema):
             errors.update(execute_at=[message], delay_seconds=[message])
         elif not has_at and not has_delay:
             errors["execute_at"] = ["Missing data for required field (or give delay_seconds)."]
+        meta = data.get("meta")
+        if meta is not None and payload_size(meta) > self.settings.max_metadata_bytes:
+            limit = self.settings.max_metadata_bytes
+            errors["metadata"] = [f"is {payload_size(meta)} bytes as JSON; the limit is {limit} (CHRONOQ_MAX_METADATA_BYTES)"]
         payload = data.get("payload")
         if payload is not None:
             limit = self.settings.max_payload_bytes
@@ -205,6 +211,12 @@ class JobCreateSchema(_SettingsSchema):
             data["execute_at"] = request_now() + timedelta(seconds=delay)
         data.setdefault("max_retries", self.settings.default_max_retries)
         data.setdefault("timeout_seconds", self.settings.default_timeout_seconds)
+        if has_secrets(data["type"], data["payload"]):
+            # Encrypted before anything else sees it: stored, dispatched and shown only sealed.
+            try:
+                data["payload"] = seal(data["type"], data["payload"], Keyring.from_settings(self.settings))
+            except ValidationError as exc:
+                raise ValidationError({"payload": exc.messages}) from None
         return data
 
 
@@ -334,18 +346,28 @@ class JobQuerySchema(Schema):
     name = Text(metadata={"description": "Only jobs with exactly this name."})
     execute_after = AwareDateTime(metadata={"description": "Only jobs due at or after this time."})
     execute_before = AwareDateTime(metadata={"description": "Only jobs due before this time."})
+    tenant = Text(metadata={"description": "Only this tenant's jobs (admins; others always see only their own)."})
     limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=500))
     cursor = CursorField(metadata={"description": "next_cursor of the previous page."})
+
+
+class RedactedPayload(fields.Dict):
+    """A stored payload as shown: secret values as ``"***"``."""
+
+    def _serialize(self, value: Any, attr: str | None, obj: Any, **kwargs: Any) -> Any:
+        job_type = obj["type"] if isinstance(obj, dict) else obj.type
+        return super()._serialize(redact(job_type, value or {}), attr, obj, **kwargs)
 
 
 class JobSchema(Schema):
     """A job as the API returns it."""
 
     id = fields.UUID()
+    tenant = fields.String(metadata={"description": "The tenant the job belongs to."})
     name = fields.String()
     type = fields.String()
     status = fields.String(metadata={"enum": list(STATUSES)})
-    payload = fields.Dict()
+    payload = RedactedPayload(metadata={"description": "As given, but secret values are shown as \"***\"."})
     metadata_ = fields.Dict(data_key="metadata", attribute="meta")
     execute_at = UtcDateTime()
     priority = fields.Integer()

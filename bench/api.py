@@ -2,6 +2,7 @@
 
     .venv/bin/python -m bench.api                   # about a minute and a half
     .venv/bin/python -m bench.api --seconds 3 --clients 8 --batches 1000
+    .venv/bin/python -m bench.api --auth            # the same with API keys, roles and the audit log
 
 It starts the API alone with ``python -m api`` (the production gunicorn set-up and default
 settings: INFO logs, access log; ``CHRONOQ_*`` variables in the shell change them, e.g.
@@ -28,6 +29,12 @@ import aiohttp
 import orjson
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
+
+from common.core import apikeys
+from common.core.roles import Role
+from common.infra.clock import utcnow
+from common.infra.config import Settings
+from common.infra.db import session_scope
 
 from bench.benchlib import print_table
 from bench.system import BenchSystem, cpu_seconds, exit_on_sigterm
@@ -112,12 +119,12 @@ HEADER = ["endpoint", "due", "clients", "jobs/req", "requests", "req/s", "jobs/s
 
 
 async def measure(base: str, run: Run, body: bytes, meter: CpuMeter, *, seconds: float,
-                  max_requests: int | None) -> Run:
+                  max_requests: int | None, credential: dict[str, str]) -> Run:
     """``run.clients`` keep-alive clients post ``body`` back to back for ``seconds`` (or until
     ``max_requests`` are sent)."""
     path = "/api/jobs" if run.kind == "single" else "/api/jobs/batch"
     expected = 201 if run.kind == "single" else 200
-    headers = {"Content-Type": "application/json"}
+    headers = {"Content-Type": "application/json", **credential}
     connector = aiohttp.TCPConnector(limit=run.clients)
     sent = 0
     async with aiohttp.ClientSession(base, connector=connector, timeout=aiohttp.ClientTimeout(total=300)) as session:
@@ -152,6 +159,14 @@ def report(run: Run) -> None:
           f"p99 {pct(run.latencies, 0.99):7.1f} ms  answers {run.statuses}", flush=True)
 
 
+def writer_key(settings: Settings) -> dict[str, str]:
+    """The Authorization header of a new writer key of tenant ``bench``."""
+    with session_scope(settings) as session:
+        made = apikeys.create_key(session, tenant="bench", role=Role.WRITER, name="bench", created_by="bench.api",
+                                  keyring=None, now=utcnow())
+    return {"Authorization": f"Bearer {made.key}"}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=5.0, help="length of each single-create run")
@@ -159,29 +174,32 @@ def main() -> None:
     parser.add_argument("--batches", default="1000,10000", help="batch sizes ('' for none)")
     parser.add_argument("--batch-jobs", type=int, default=60_000, help="jobs per batch run (at most)")
     parser.add_argument("--batch-clients", type=int, default=2, help="concurrent clients of the batch runs")
+    parser.add_argument("--auth", action="store_true",
+                        help="with authentication on: every request carries a writer's API key and is audited")
     args = parser.parse_args()
     clients = [int(c) for c in args.clients.split(",") if c]
     batches = [int(b) for b in args.batches.split(",") if b]
     exit_on_sigterm()
 
     runs: list[Run] = []
-    with BenchSystem(services=("api",)) as system:
+    with BenchSystem(services=("api",), auth_enabled=args.auth) as system:
         settings = system.require()
-        print(f"API at {system.api_url} ({settings.api_workers} workers), broker {settings.kafka_bootstrap}",
-              flush=True)
+        credential = writer_key(settings) if args.auth else {}
+        print(f"API at {system.api_url} ({settings.api_workers} workers), broker {settings.kafka_bootstrap}, "
+              f"authentication {'on' if args.auth else 'off'}", flush=True)
         meter = CpuMeter(system)
         for due in DUE:
             body = orjson.dumps(job(due))
             for n in clients:
                 runs.append(asyncio.run(measure(system.api_url, Run("single", due, n), body, meter,
-                                                seconds=args.seconds, max_requests=None)))
+                                                seconds=args.seconds, max_requests=None, credential=credential)))
                 report(runs[-1])
         for size in batches:
             for due in DUE:
                 body = orjson.dumps({"jobs": [job(due, i) for i in range(size)]})
                 count = max(args.batch_clients, args.batch_jobs // size)
                 runs.append(asyncio.run(measure(system.api_url, Run("batch", due, args.batch_clients, size), body,
-                                                meter, seconds=3600, max_requests=count)))
+                                                meter, seconds=3600, max_requests=count, credential=credential)))
                 report(runs[-1])
     print()
     print_table(HEADER, [run.row() for run in runs])

@@ -41,6 +41,11 @@ MODULES = {"api": "api", "scanner": "scheduler_service", "executor": "executor_s
 #: What ``chronoq up`` sets for a one-machine run (common/launch/localrun.py).
 LOCAL_RUN: dict[str, Any] = dict(
     kafka_session_timeout_ms=6000, kafka_max_poll_interval_ms=10000, group_join_timeout_seconds=20.0,
+    # The benchmarks' receivers listen on this machine; opened here, not by a weaker default.
+    http_allow_private=("127.0.0.1/32",),
+    # Benchmarks call the API without credentials (bench.api --auth measures it with them),
+    # and measure past the per-tenant create limits.
+    auth_enabled=False, tenant_creates_per_second=1e9, tenant_max_pending_jobs=10**9,
 )
 #: Settings the system itself owns; the shell cannot move them.
 OWNED = {"database_url", "kafka_bootstrap", "api_port", "health_port", "health_host", "home", "executor_id"}

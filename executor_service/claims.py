@@ -5,7 +5,13 @@ Each waiting attempt sits in a heap by due time. When the first one is due withi
 ``claim_ahead`` and claims them all with one statement
 (:func:`common.core.store.claim_starts`) on a database thread, so that at the fire instant the
 answer is already there and the loop never waits on the database. An attempt already past its
-misfire grace when its turn comes is failed as missed instead of claimed."""
+misfire grace when its turn comes is failed as missed instead of claimed.
+
+The claim reads what each attempt runs from its row (type, payload, tenant), never from the
+message. On the same database thread, right after the claim, each claimed attempt is prepared
+(``prepare``: its secrets revealed, its payload loaded, its handler resolved), with the signing
+secrets of its tenant (:mod:`executor_service.tenants`, read in the claim's transaction when
+not cached): the fire then only runs it."""
 
 from __future__ import annotations
 
@@ -16,15 +22,18 @@ import logging
 import time
 from concurrent.futures import Executor
 from datetime import datetime
+from typing import Callable, Generic, TypeVar
 
 from common.core import store
 from common.core.messages import DispatchMessage
-from common.core.store import AttemptKey, attempt_key
+from common.core.store import AttemptKey, ClaimedRow, attempt_key
 from common.infra import clock
 from common.infra.config import Settings
 from common.infra.db import session_scope
 from common.infra.errors import DatabaseUnavailable
 from common.infra.retry import FIRE_PATH, GaveUp, retry
+
+from executor_service.tenants import Loaded, Tenants
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +41,9 @@ log = logging.getLogger(__name__)
 BATCH_WINDOW = 0.005
 #: Largest batch in one statement.
 BATCH_MAX = 2000
+
+#: What the claimer makes of a claimed attempt (the runner's run of it).
+R = TypeVar("R")
 
 
 class Claim(enum.Enum):
@@ -66,16 +78,23 @@ class _Waiting:
         return self.at < other.at
 
 
-class Claims:
-    """The claim-ahead queue of one executor. Use on its event loop only."""
+class Claims(Generic[R]):
+    """The claim-ahead queue of one executor. Use on its event loop only. ``prepare`` turns a
+    claimed attempt and its row into what the runner fires; it runs on the database thread
+    and must not raise (a run that cannot happen carries its problem instead)."""
 
-    def __init__(self, settings: Settings, executor_id: str, database: Executor) -> None:
+    def __init__(
+        self, settings: Settings, executor_id: str, database: Executor, tenants: Tenants,
+        prepare: Callable[[DispatchMessage, ClaimedRow], R],
+    ) -> None:
         self.settings = settings
         self.executor_id = executor_id
         self.ahead = settings.claim_ahead_seconds
         self._database = database
+        self.tenants = tenants
+        self._prepare = prepare
         self._heap: list[_Waiting] = []
-        self._results: dict[AttemptKey, asyncio.Future[Claim]] = {}
+        self._results: dict[AttemptKey, asyncio.Future[tuple[Claim, R | None]]] = {}
         self._changed = asyncio.Event()
         self._closed = False
         self.batches = 0
@@ -91,8 +110,9 @@ class Claims:
         if self._heap[0].message is message:
             self._changed.set()
 
-    async def result(self, message: DispatchMessage) -> Claim:
-        """Wait for ``message``'s claim (normally taken already) and forget it."""
+    async def result(self, message: DispatchMessage) -> tuple[Claim, R | None]:
+        """Wait for ``message``'s claim (normally taken already) and forget it: the outcome,
+        and what ``prepare`` made of the claimed row (None unless CLAIMED)."""
         key = attempt_key(message)
         future = self._results.get(key)
         if future is None:
@@ -116,7 +136,7 @@ class Claims:
         for message in left:
             future = self._results.pop(attempt_key(message), None)
             if future is not None and not future.done():
-                future.set_result(Claim.SKIPPED)
+                future.set_result((Claim.SKIPPED, None))
         return left
 
     async def run(self) -> None:
@@ -159,10 +179,10 @@ class Claims:
         return due
 
 
-    def _claim(self, messages: list[DispatchMessage]) -> list[Claim]:
+    def _claim(self, messages: list[DispatchMessage]) -> list[tuple[Claim, R | None]]:
         """On a database thread: one transaction for the batch, retried while the database is
-        away for up to half a lease."""
-        def run() -> list[Claim]:
+        away for up to half a lease; then each claimed attempt is prepared, here too."""
+        def run() -> tuple[dict[AttemptKey, ClaimedRow], set[AttemptKey], Loaded]:
             now = clock.utcnow()
             errors = {attempt_key(m): error for m in messages if (error := missed(m, now)) is not None}
             wanted = [m for m in messages if attempt_key(m) not in errors]
@@ -170,26 +190,31 @@ class Claims:
                 claimed = store.claim_starts(
                     session, wanted, executor=self.executor_id, now=now, lease=self.settings.lease_seconds,
                 )
+                # In the same transaction: a retry after the database went away redoes both.
+                loaded = self.tenants.load(session, {row.tenant for row in claimed.values()}, now=now)
                 failed = set()
                 for m in messages:
                     error = errors.get(attempt_key(m))
                     if error is not None and store.fail_unstarted(session, m, error=error, now=now):
                         failed.add(attempt_key(m))
                         self._missed[attempt_key(m)] = error
-            out = []
-            for message in messages:
-                key = attempt_key(message)
-                out.append(
-                    Claim.CLAIMED if key in claimed else Claim.MISSED if key in failed else Claim.SKIPPED
-                )
-            return out
+            return claimed, failed, loaded
 
         try:
-            results = retry(
+            claimed, failed, loaded = retry(
                 run, on=DatabaseUnavailable, backoff=FIRE_PATH, give_up_after=self.settings.lease_seconds / 2,
                 what=f"start claim of {len(messages)} attempts", logger=log,
             )
         except GaveUp as exc:
             log.warning("%s; the scanner re-dispatches them when their leases run out", exc)
-            return [Claim.UNAVAILABLE] * len(messages)
-        return results
+            return [(Claim.UNAVAILABLE, None)] * len(messages)
+        self.tenants.accept(loaded)
+        out: list[tuple[Claim, R | None]] = []
+        for message in messages:
+            key = attempt_key(message)
+            row = claimed.get(key)
+            if row is not None:
+                out.append((Claim.CLAIMED, self._prepare(message, row)))
+            else:
+                out.append((Claim.MISSED if key in failed else Claim.SKIPPED, None))
+        return out

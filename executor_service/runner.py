@@ -1,6 +1,9 @@
 """One fire of one dispatched attempt, on the executor's event loop: wait for its start claim
 (taken ahead, :mod:`executor_service.claims`), fire on the dot, run the handler, and hand the
-outcome to the reporter (:mod:`executor_service.outcomes`) without waiting for it."""
+outcome to the reporter (:mod:`executor_service.outcomes`) without waiting for it.
+
+What runs is what the job's row says, read by the start claim (:func:`prepare`), never what
+the message says: a forged or altered dispatch can at most cause a claim that fails."""
 
 from __future__ import annotations
 
@@ -17,8 +20,9 @@ from marshmallow import ValidationError
 from common.core.backoff import after_failure
 from common.core.jobtypes import load_payload
 from common.core.messages import DispatchMessage, UpdateMessage
+from common.core.secrets import Keyring, SecretError, reveal
 from common.core.states import JobStatus
-from common.core.store import AttemptKey, attempt_key
+from common.core.store import AttemptKey, ClaimedRow, attempt_key
 from common.infra import clock
 from common.infra.config import Settings
 from common.infra.deadletter import DeadLetter
@@ -27,10 +31,11 @@ from common.infra.errors import JobTypeError
 from executor_service.claims import Claim, Claims, missed
 from executor_service.context import HandlerContext, PermanentFailure
 from executor_service.deadline import Threads, call_handler
-from executor_service.handlers import NATIVE_TIMEOUT, resolve
+from executor_service.handlers import NATIVE_TIMEOUT, Handler, resolve
 from executor_service.handlers.http import Pool
 from executor_service.outcomes import Outcomes, safe_output, short_error
 from executor_service.stats import Counters
+from executor_service.tenants import SigningUnavailable, Tenants
 
 log = logging.getLogger(__name__)
 
@@ -38,35 +43,67 @@ log = logging.getLogger(__name__)
 Schedule = Callable[[DispatchMessage], bool]
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Prepared:
-    """A dispatch checked once, on receipt: ``message`` carries its loaded payload (defaults
-    filled in), or ``problem`` says why it cannot run (it then fails permanently at its time,
-    as any run of it would)."""
+#: The payload a waiting dispatch keeps: none (shared, never changed).
+_NO_PAYLOAD: dict[str, Any] = {}
 
-    message: DispatchMessage
+
+def received(message: DispatchMessage) -> DispatchMessage:
+    """What is kept of a dispatch while it waits for its claim: its payload only informs (it is
+    redacted, and the run uses the row's), so it is dropped; the type and tenant names are
+    interned. An attempt waits in memory for up to two windows, many thousands at once."""
+    return dataclasses.replace(
+        message, payload=_NO_PAYLOAD, type=sys.intern(message.type), tenant=sys.intern(message.tenant),
+    )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Run:
+    """A claimed attempt as its row says to run it: the payload with its secrets revealed and
+    its defaults filled in, the handler resolved, the tenant's signing secrets; or ``problem``
+    says why it cannot run (it then fails at its time, as any run of it would)."""
+
+    type: str
+    tenant: str
+    payload: dict[str, Any]
+    timeout_seconds: float
+    max_retries: int
+    handler: Handler | None = None
+    signing_secrets: tuple[str, ...] = ()
     problem: Exception | None = None
 
 
-def prepare(message: DispatchMessage, settings: Settings) -> Prepared:
-    """Resolve the handler and validate the payload of ``message`` (once, not at fire time).
-    The loaded payload replaces the received one, and the type name is interned: an attempt
-    waits in memory for up to two windows, many thousands of them at once."""
+def prepare(
+    message: DispatchMessage, row: ClaimedRow, *, settings: Settings, keyring: Keyring | None, tenants: Tenants,
+) -> Run:
+    """The run of ``message``'s claimed attempt from its ``row``: made by the claimer on its
+    database thread as the claim's answer arrives, so the fire only runs it. Never raises."""
+    if row.type != message.type:
+        log.warning(
+            "job %s: dispatch %s names type %r, the job is %r; running the job's",
+            message.job_id, message.token, message.type, row.type,
+        )
     try:
-        resolve(message.type, settings)
-    except JobTypeError as exc:
-        return Prepared(message, exc)
-    try:
-        payload = load_payload(message.type, message.payload)
+        handler = resolve(row.type, settings)
+        payload = load_payload(row.type, reveal(row.type, row.payload, keyring))
+        signing = tenants.secrets(row.tenant)
     except ValidationError as exc:
-        return Prepared(message, PermanentFailure(f"invalid payload: {exc.messages}"))
-    return Prepared(dataclasses.replace(message, type=sys.intern(message.type), payload=payload))
+        problem: Exception = PermanentFailure(f"invalid payload: {exc.messages}")
+    except SecretError as exc:
+        problem = PermanentFailure(f"secret cannot be revealed: {exc}")
+    except (JobTypeError, PermanentFailure, SigningUnavailable) as exc:
+        problem = exc
+    except Exception as exc:  # noqa: BLE001 - a bug here must fail one attempt, not the claimer
+        log.exception("job %s: cannot prepare attempt %d", message.job_id, message.attempt)
+        problem = PermanentFailure(f"cannot prepare the run: {type(exc).__name__}: {exc}")
+    else:
+        return Run(row.type, row.tenant, payload, row.timeout_seconds, row.max_retries, handler, signing)
+    return Run(row.type, row.tenant, {}, row.timeout_seconds, row.max_retries, problem=problem)
 
 
-async def fire(runner: "Runner", prepared: Prepared) -> None:
+async def fire(runner: "Runner", message: DispatchMessage) -> None:
     """APScheduler's job function, referenced by name (:data:`FIRE`): a bound method would
     cost every waiting attempt its own reference string."""
-    await runner.fire(prepared)
+    await runner.fire(message)
 
 
 #: How the scheduler names :func:`fire`; one string shared by every waiting attempt.
@@ -77,7 +114,7 @@ class Runner:
     """Runs fired attempts on the executor's event loop."""
 
     def __init__(
-        self, settings: Settings, outcomes: Outcomes, claims: Claims, counters: Counters, schedule: Schedule,
+        self, settings: Settings, outcomes: Outcomes, claims: Claims[Run], counters: Counters, schedule: Schedule,
     ) -> None:
         self.settings = settings
         self.outcomes = outcomes
@@ -92,23 +129,21 @@ class Runner:
         #: Attempts between their claim and their end (what a stop waits for).
         self.active = 0
 
-    async def fire(self, prepared: Prepared) -> None:
+    async def fire(self, message: DispatchMessage) -> None:
         """APScheduler's job function. Never raises: an unexpected error is logged, and the
         job is recovered by the scanner once its lease runs out."""
-        message = prepared.message
         try:
-            await self._fire(prepared)
+            await self._fire(message)
         except Exception:
             log.exception(
                 "job %s attempt %d: unexpected executor error; the scanner re-dispatches it when "
                 "its lease runs out", message.job_id, message.attempt,
             )
 
-    async def _fire(self, prepared: Prepared) -> None:
-        message = prepared.message
+    async def _fire(self, message: DispatchMessage) -> None:
         self.counters.add("fired")
-        claim = await self.claims.result(message)
-        if claim is not Claim.CLAIMED:
+        claim, run = await self.claims.result(message)
+        if claim is not Claim.CLAIMED or run is None:
             self._not_started(message, claim)
             return
         self.active += 1
@@ -124,9 +159,9 @@ class Runner:
                 return
             self.outcomes.running(self._update(message, JobStatus.RUNNING, at=now, started_at=now))
             try:
-                output = await self._execute(prepared)
+                output = await self._execute(message, run)
             except Exception as exc:
-                self._failed(message, now, exc)
+                self._failed(message, run, now, exc)
             else:
                 self._succeeded(message, now, output)
         finally:
@@ -145,30 +180,33 @@ class Runner:
         self.counters.add("skipped")
         if claim is Claim.SKIPPED:
             log.info(
-                "job %s dispatch %s attempt %d not started: cancelled, finished or superseded",
+                "job %s dispatch %s attempt %d not started: cancelled, finished, superseded, or "
+                "not of the tenant its dispatch names",
                 message.job_id, message.token, message.attempt,
             )
 
-    async def _execute(self, prepared: Prepared) -> Any:
-        message = prepared.message
-        if prepared.problem is not None:
-            raise prepared.problem
-        handler = resolve(message.type, self.settings)
+    async def _execute(self, message: DispatchMessage, run: Run) -> Any:
+        if run.problem is not None:
+            raise run.problem
+        assert run.handler is not None  # a run without a problem has its handler
         if self.threads is None:
             self.threads = Threads(self.settings.executor_workers)
         context = HandlerContext(
             job_id=message.job_id,
             name=message.name,
             attempt=message.attempt,
-            max_retries=message.max_retries,
+            max_retries=run.max_retries,
             idempotency_key=message.idempotency_key,
-            deadline=time.monotonic() + message.timeout_seconds,
-            timeout_seconds=message.timeout_seconds,
+            deadline=time.monotonic() + run.timeout_seconds,
+            timeout_seconds=run.timeout_seconds,
             settings=self.settings,
             http=self.http,
+            tenant=run.tenant,
+            dispatch_token=message.token,
+            signing_secrets=run.signing_secrets,
         )
         return await call_handler(
-            handler, message.payload, context, self.threads, native=message.type in NATIVE_TIMEOUT,
+            run.handler, run.payload, context, self.threads, native=run.type in NATIVE_TIMEOUT,
         )
 
     def _succeeded(self, message: DispatchMessage, started_at: datetime, output: Any) -> None:
@@ -183,11 +221,11 @@ class Runner:
             output=safe_output(output),
         ))
 
-    def _failed(self, message: DispatchMessage, started_at: datetime, exc: Exception) -> None:
+    def _failed(self, message: DispatchMessage, run: Run, started_at: datetime, exc: Exception) -> None:
         finished = clock.utcnow()
         error = short_error(exc)
         decision = after_failure(
-            message.attempt, message.max_retries,
+            message.attempt, run.max_retries,
             permanent=isinstance(exc, (PermanentFailure, JobTypeError)),
             failed_at=finished,
             base=self.settings.retry_backoff_seconds,
@@ -208,6 +246,8 @@ class Runner:
             # Same dispatch token: the start claim's CAS on the attempt count keeps the retry single.
             retry = dataclasses.replace(
                 message,
+                max_retries=run.max_retries,
+                timeout_seconds=run.timeout_seconds,
                 attempt=message.attempt + 1,
                 key_attempt=(message.key_attempt or message.attempt) + 1,
                 execute_at=next_at,
@@ -226,8 +266,8 @@ class Runner:
                 reason=decision.reason or "failed",
                 job_id=str(message.job_id),
                 extra={
-                    "name": message.name, "type": message.type, "token": message.token,
-                    "attempt": message.attempt, "max_retries": message.max_retries, "error": error,
+                    "name": message.name, "type": run.type, "tenant": run.tenant, "token": message.token,
+                    "attempt": message.attempt, "max_retries": run.max_retries, "error": error,
                 },
             ),
         )

@@ -4,13 +4,16 @@ its ``execute_at``, and into the claim-ahead queue. Offsets are committed once a
 the scheduler; a dispatch lost with this process is re-dispatched by the scanner when its
 lease runs out.
 
-At the fire instant the loop only runs the job: the start claim was taken ahead in a batch,
-the payload was validated on receipt, the HTTP connection is pooled, and the outcome goes to
-the reporter thread, which writes and publishes in group commits."""
+At the fire instant the loop only runs the job: the start claim was taken ahead in a batch
+and read what to run from the job's row (the payload revealed and loaded, the handler resolved,
+the tenant's signing secrets at hand, all on the claimer's database thread), the HTTP
+connection is pooled, and the outcome goes to the reporter thread, which writes and publishes
+in group commits."""
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import logging
 import sys
@@ -25,6 +28,7 @@ from apscheduler.triggers.date import DateTrigger
 
 from common.core import store
 from common.core.messages import DispatchMessage, decode_dispatch
+from common.core.secrets import Keyring
 from common.infra import clock
 from common.infra.config import Settings
 from common.infra.consumer import ConsumerLoop
@@ -35,8 +39,9 @@ from common.infra.kafka import Producer
 
 from executor_service.claims import Claims
 from executor_service.outcomes import Outcomes
-from executor_service.runner import FIRE, Runner, prepare
+from executor_service.runner import FIRE, Run, Runner, prepare, received
 from executor_service.stats import Counters
+from executor_service.tenants import Tenants
 from executor_service.timer import Timer
 
 log = logging.getLogger(__name__)
@@ -74,7 +79,13 @@ class Executor:
         self.outcomes = Outcomes(settings, producer=self.producer)
         self.loop = asyncio.new_event_loop()
         self.database = ThreadPoolExecutor(2, thread_name_prefix="executor-db")
-        self.claims = Claims(settings, settings.resolved_executor_id, self.database)
+        # Once per executor: it opens every secret revealed here.
+        self.keyring = Keyring.from_settings(settings)
+        self.tenants = Tenants(self.keyring)
+        self.claims: Claims[Run] = Claims(
+            settings, settings.resolved_executor_id, self.database, self.tenants,
+            functools.partial(prepare, settings=settings, keyring=self.keyring, tenants=self.tenants),
+        )
         self.scheduler = Timer(timezone=timezone.utc, event_loop=self.loop)
         self.runner = Runner(settings, self.outcomes, self.claims, self.counters, self.schedule)
         self.consumer = ConsumerLoop(
@@ -152,29 +163,30 @@ class Executor:
         return self.schedule_many([message])
 
     def schedule_many(self, messages: list[DispatchMessage]) -> bool:
-        """:meth:`schedule` for a batch; the payloads are validated here, once."""
-        prepared = [prepare(m, self.settings) for m in messages]
+        """:meth:`schedule` for a batch. Only what the claim needs is kept of each message
+        (:func:`~executor_service.runner.received`): the run comes from the job's row."""
+        messages = [received(m) for m in messages]
         with self._closing_lock:
             if self._closing:
                 self._refused.extend(messages)
                 return False
             fresh = []
-            for item in prepared:
+            for message in messages:
                 try:
                     self.scheduler.add_job(
                         FIRE,
-                        DateTrigger(run_date=item.message.execute_at, timezone=timezone.utc),
-                        args=(self.runner, item),
-                        id=_apscheduler_id(item.message),
+                        DateTrigger(run_date=message.execute_at, timezone=timezone.utc),
+                        args=(self.runner, message),
+                        id=_apscheduler_id(message),
                         name="fire",  # one shared string: the default is a new one per job
                         misfire_grace_time=None,  # always run late jobs; chronoq applies its own grace
                         coalesce=False,
                         max_instances=1,
                     )
-                    fresh.append(item.message)
+                    fresh.append(message)
                 except ConflictingIdError:
                     log.debug("dispatch %s is already scheduled here; duplicate delivery ignored",
-                              _apscheduler_id(item.message))
+                              _apscheduler_id(message))
             if fresh:
                 self.loop.call_soon_threadsafe(self._queue_claims, fresh)
         self.counters.add("scheduled", len(fresh))

@@ -30,6 +30,11 @@ TEST_SETTINGS = dict(
     retry_jitter=0.0,
     lease_seconds=10.0,
     scan_interval_seconds=2.0,
+    # The suite's own receivers listen on this machine: opened here, not by a weaker default.
+    http_allow_private=("127.0.0.1/32", "::1/128"),
+    # Tests of everything but security call the API without credentials; tests/*/test_auth*.py,
+    # test_tenants*.py and the security e2e tests run with CHRONOQ_AUTH on.
+    auth_enabled=False,
 )
 
 
@@ -82,7 +87,7 @@ def settings(pg_url: str) -> Iterator[Settings]:
     """Settings on the test database, emptied before each test."""
     result = load_settings({}, database_url=pg_url, **TEST_SETTINGS)
     with get_engine(result).begin() as conn:
-        conn.execute(sa.text("TRUNCATE job_attempts, jobs"))
+        conn.execute(sa.text("TRUNCATE job_attempts, jobs, api_keys, tenants, audit_log"))
     yield result
 
 

@@ -62,6 +62,9 @@ class System:
         names += [f"executor{i + 1}" for i in range(executors)]
         self.services = {n: Service(n, self.env, log_dir / f"{n}.log") for n in names}
         self.base_url = f"http://127.0.0.1:{settings.api_port}"
+        #: What every request of the tests sends: an admin key's Authorization header when the
+        #: system runs with authentication on (tests/e2e/conftest.py makes one).
+        self.headers: dict[str, str] = {}
 
     def add(self, name: str) -> Service:
         """Start one more service process (e.g. "executor3")."""

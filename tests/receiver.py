@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -15,6 +15,8 @@ class Call:
     arrived: datetime
     key: str | None  # the Idempotency-Key header: "<job id>:<attempt>"
     run: str | None  # X-Chronoq-Attempt: which run of the job (its history row) this is
+    headers: dict[str, str] = field(default_factory=dict)
+    body: bytes = b""
 
 
 class _QuietServer(ThreadingHTTPServer):
@@ -35,11 +37,11 @@ class Receiver:
 
             def do_POST(self) -> None:  # noqa: N802 - http.server's naming
                 arrived = datetime.now(timezone.utc)
-                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 with receiver.lock:
                     receiver.calls.append(Call(
                         self.path, arrived, self.headers.get("Idempotency-Key"),
-                        self.headers.get("X-Chronoq-Attempt"),
+                        self.headers.get("X-Chronoq-Attempt"), dict(self.headers.items()), body,
                     ))
                 body = b'{"ok": true}'
                 self.send_response(200)

@@ -23,11 +23,16 @@ from common.infra.errors import MessageError
 from common.core.states import REPORTABLE
 
 VERSION = 1
+#: The tenant of a dispatch that names none (written before tenants existed); the same as
+#: ``common.core.models.DEFAULT_TENANT``, not imported so that reading a message needs no ORM.
+DEFAULT_TENANT = "default"
 
 
 @dataclass(frozen=True, slots=True)
 class DispatchMessage:
-    """scheduled-jobs-topic: run attempt ``attempt`` of ``job_id`` at ``execute_at``."""
+    """scheduled-jobs-topic: run attempt ``attempt`` of ``job_id`` at ``execute_at``.
+    ``type`` and ``payload`` only inform (the payload's secret values are "***"): the executor
+    runs the type and payload its start claim reads from the job's row."""
 
     job_id: uuid.UUID
     token: int
@@ -41,6 +46,8 @@ class DispatchMessage:
     misfire_grace_seconds: float | None = None
     #: The attempt number in the idempotency key; runs lost to a crash do not advance it.
     key_attempt: int | None = None
+    #: The job's tenant: the start claim matches only a row of this tenant.
+    tenant: str = DEFAULT_TENANT
 
     @property
     def key(self) -> bytes:
@@ -141,6 +148,8 @@ class _DispatchSchema(Schema):
     )
     misfire_grace_seconds = _Float(load_default=None, allow_none=True)
     key_attempt = _Int(load_default=None, allow_none=True, validate=validate.Range(min=1, max=_INT))
+    # Optional: a dispatch written before tenants existed belongs to the default tenant.
+    tenant = _Text(load_default=DEFAULT_TENANT, validate=validate.Length(min=1, max=64))
 
 
 class _UpdateSchema(Schema):

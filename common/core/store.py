@@ -16,14 +16,15 @@ from datetime import datetime, timedelta
 from types import SimpleNamespace
 from typing import Any, Sequence
 
-from sqlalchemy import JSON, Row, Uuid, bindparam, case, func, insert, select, text, tuple_, update
+from sqlalchemy import JSON, Row, Uuid, bindparam, case, delete, func, insert, select, text, tuple_, update
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
-from sqlalchemy.types import BigInteger, DateTime, Integer, String
+from sqlalchemy.types import BigInteger, DateTime, Float, Integer, String
 
 from common.infra.clock import ensure_aware
 from common.core.messages import DispatchMessage, UpdateMessage
-from common.core.models import Job, JobAttempt
+from common.core.models import DEFAULT_TENANT, AuditRecord, Job, JobAttempt
+from common.core.secrets import redact
 from common.core.states import CANCELLABLE, TERMINAL, JobStatus, should_apply
 
 log = logging.getLogger(__name__)
@@ -36,14 +37,18 @@ def _dispatch_message(
     job: Any, fire_at: datetime, *, token: int | None = None, lost_attempts: int | None = None
 ) -> DispatchMessage:
     """The dispatch of ``job``'s next attempt (a :class:`Job` or a row with its columns);
-    ``token`` and ``lost_attempts`` are the values being written, when not yet the job's."""
+    ``token`` and ``lost_attempts`` are the values being written, when not yet the job's.
+
+    The payload is redacted (secret values "***"): the topic and its dead letters never carry
+    a secret in clear, and the executor runs the payload its start claim reads from the row."""
     lost = job.lost_attempts if lost_attempts is None else lost_attempts
     return DispatchMessage(
         job_id=job.id,
         token=job.dispatch_token if token is None else token,
         name=job.name,
         type=job.type,
-        payload=job.payload or {},
+        payload=redact(job.type, job.payload or {}),
+        tenant=job.tenant,
         execute_at=fire_at,
         attempt=job.attempts + 1,
         max_retries=job.max_retries,
@@ -73,7 +78,7 @@ def _fire_at(job: Job, now: datetime) -> datetime:
 
 #: What a claim reads of each job it locks: enough to decide its fate and write its dispatch.
 _CLAIM_COLUMNS = (
-    Job.id, Job.status, Job.dispatch_token, Job.name, Job.type, Job.payload, Job.execute_at,
+    Job.id, Job.tenant, Job.status, Job.dispatch_token, Job.name, Job.type, Job.payload, Job.execute_at,
     Job.next_attempt_at, Job.attempts, Job.max_retries, Job.timeout_seconds,
     Job.misfire_grace_seconds, Job.lost_attempts, Job.executor,
 )
@@ -246,7 +251,8 @@ def claim_start(
     lease: float,
 ) -> bool:
     """The executor's right to start ``message.attempt``: true for exactly one caller per
-    dispatch and attempt, and never for a cancelled, finished or superseded job."""
+    dispatch and attempt, and never for a cancelled, finished or superseded job, nor for a
+    message naming another tenant than the job's."""
     return bool(claim_starts(session, [message], executor=executor, now=now, lease=lease))
 
 
@@ -258,21 +264,42 @@ def attempt_key(message: DispatchMessage) -> AttemptKey:
     return (message.job_id, message.token, message.attempt)
 
 
+@dataclass(frozen=True, slots=True)
+class ClaimedRow:
+    """What a claimed attempt runs, read from its row by the claim itself: the executor runs
+    this, never the type and payload of the message (which a forged or altered record could
+    change; the payload there is redacted anyway). ``payload`` is as stored, its secret values
+    still sealed."""
+
+    type: str
+    payload: dict[str, Any]
+    tenant: str
+    timeout_seconds: float
+    max_retries: int
+
+
 #: The start claim's write on PostgreSQL: the attempts of one batch in one statement with a
 #: fixed shape (arrays), so it is compiled once however many attempts a batch holds.
 _START_POSTGRESQL = text(
     "UPDATE jobs SET status = :running, attempts = jobs.attempts + 1, started_at = v.started,"
     " executor = :executor, next_attempt_at = NULL, lease_until = :lease_until, updated_at = :now"
-    " FROM unnest(CAST(:ids AS uuid[]), :tokens, :attempts, :starts) AS v(id, token, attempts, started)"
+    " FROM unnest(CAST(:ids AS uuid[]), :tokens, :attempts, :starts, :tenants)"
+    " AS v(id, token, attempts, started, tenant)"
     " WHERE jobs.id = v.id AND jobs.dispatch_token = v.token AND jobs.attempts = v.attempts"
-    " AND jobs.status IN ('QUEUED', 'RUNNING', 'RETRYING')"
-    " RETURNING jobs.id, jobs.dispatch_token, jobs.attempts"
+    " AND jobs.tenant = v.tenant AND jobs.status IN ('QUEUED', 'RUNNING', 'RETRYING')"
+    # A first attempt never starts before the job's time, whatever a dispatch says (messages
+    # carry milliseconds; the row, microseconds).
+    " AND (jobs.attempts > 0 OR v.started >= jobs.execute_at - interval '5 milliseconds')"
+    " RETURNING jobs.id, jobs.dispatch_token, jobs.attempts, jobs.type, jobs.payload, jobs.tenant,"
+    " jobs.timeout_seconds, jobs.max_retries"
 ).bindparams(
     bindparam("ids", type_=ARRAY(String)),
     bindparam("tokens", type_=ARRAY(BigInteger)),
     bindparam("attempts", type_=ARRAY(Integer)),
     bindparam("starts", type_=ARRAY(DateTime(timezone=True))),
-)
+    bindparam("tenants", type_=ARRAY(String)),
+).columns(id=Uuid, dispatch_token=BigInteger, attempts=Integer, type=String, payload=JSON, tenant=String,
+          timeout_seconds=Float, max_retries=Integer)
 
 
 def claim_starts(
@@ -282,15 +309,18 @@ def claim_starts(
     executor: str,
     now: datetime,
     lease: float,
-) -> set[AttemptKey]:
+) -> dict[AttemptKey, ClaimedRow]:
     """:func:`claim_start` for many attempts in one statement, taken shortly before they are
     due: each row is the same compare-and-set (current dispatch, attempt not started, job in
-    flight), so a claimed job answers a cancel with 409 and an unclaimed one never starts.
-    ``started_at`` is the planned start (the due time, or ``now`` when later); the attempt's
-    end reports the real one. Returns the keys of the attempts claimed; each gets its RUNNING
-    history row (one INSERT for all)."""
+    flight, and the message's tenant the job's), so a claimed job answers a cancel with 409 and
+    an unclaimed one never starts. ``started_at`` is the planned start (the due time, or
+    ``now`` when later); the attempt's end reports the real one; on PostgreSQL a first
+    attempt planned before the job's ``execute_at`` is not claimed (a forged early dispatch).
+    Returns the attempts claimed, each with the type, payload, tenant, timeout and retries its
+    row holds (read by the same statement: what
+    runs is what the database says); each gets its RUNNING history row (one INSERT for all)."""
     if not messages:
-        return set()
+        return {}
     planned = {m.job_id: max(ensure_aware(m.execute_at), now) for m in messages}
     lease_until = now + timedelta(seconds=lease)
     if session.get_bind().dialect.name == "postgresql":
@@ -298,13 +328,14 @@ def claim_starts(
             running=JobStatus.RUNNING.value, executor=executor, lease_until=lease_until, now=now,
             ids=[str(m.job_id) for m in messages], tokens=[m.token for m in messages],
             attempts=[m.attempt - 1 for m in messages], starts=[planned[m.job_id] for m in messages],
+            tenants=[m.tenant for m in messages],
         )).all()
     else:
         rows = session.execute(
             update(Job)
             .where(
-                tuple_(Job.id, Job.dispatch_token, Job.attempts).in_(
-                    [(m.job_id, m.token, m.attempt - 1) for m in messages]
+                tuple_(Job.id, Job.dispatch_token, Job.attempts, Job.tenant).in_(
+                    [(m.job_id, m.token, m.attempt - 1, m.tenant) for m in messages]
                 ),
                 Job.status.in_(_IN_FLIGHT),
             )
@@ -317,10 +348,14 @@ def claim_starts(
                 lease_until=lease_until,
                 updated_at=now,
             )
-            .returning(Job.id, Job.dispatch_token, Job.attempts)
+            .returning(Job.id, Job.dispatch_token, Job.attempts, Job.type, Job.payload, Job.tenant,
+                       Job.timeout_seconds, Job.max_retries)
             .execution_options(synchronize_session=False)
         ).all()
-    claimed = {(uuid.UUID(str(row[0])), row[1], row[2]) for row in rows}
+    claimed = {
+        (uuid.UUID(str(job_id)), token, attempt): ClaimedRow(job_type, payload or {}, tenant, timeout, retries)
+        for job_id, token, attempt, job_type, payload, tenant, timeout, retries in rows
+    }
     if claimed:
         # The history shows the attempt from its start, even if its executor then dies silently.
         session.execute(
@@ -369,17 +404,19 @@ class CancelResult:
     status: str | None  # the status the job has now; None when there is no such job
 
 
-def cancel(session: Session, job_id: uuid.UUID, *, now: datetime) -> CancelResult:
+def cancel(session: Session, job_id: uuid.UUID, *, now: datetime, tenant: str | None = None) -> CancelResult:
     """Cancel a job that has not started its current attempt. Atomic against the executor's
-    :func:`claim_start`: whichever commits first wins, and the answer says which."""
+    :func:`claim_start`: whichever commits first wins, and the answer says which. With
+    ``tenant``, a job of another tenant is treated as no job (status None)."""
+    scope = (Job.tenant == tenant,) if tenant is not None else ()
     result = session.execute(
         update(Job)
-        .where(Job.id == job_id, Job.status.in_([s.value for s in CANCELLABLE]))
+        .where(Job.id == job_id, Job.status.in_([s.value for s in CANCELLABLE]), *scope)
         .values(status=JobStatus.CANCELLED.value, finished_at=now, lease_until=None, updated_at=now)
     )
     if result.rowcount == 1:
         return CancelResult(True, JobStatus.CANCELLED.value)
-    status = session.scalar(select(Job.status).where(Job.id == job_id))
+    status = session.scalar(select(Job.status).where(Job.id == job_id, *scope))
     return CancelResult(False, status)
 
 
@@ -531,7 +568,7 @@ def _record_attempt(rows: dict[tuple[uuid.UUID, int], SimpleNamespace], message:
 _NEW_JOB_COLUMNS = tuple(
     (attr, Job.__mapper__.attrs[attr].columns[0].key)
     for attr in (
-        "id", "name", "type", "payload", "meta", "status", "execute_at", "priority", "max_retries",
+        "id", "tenant", "name", "type", "payload", "meta", "status", "execute_at", "priority", "max_retries",
         "timeout_seconds", "misfire_grace_seconds", "attempts", "lost_attempts", "dispatch_token",
         "lease_until", "idempotency_key", "request_hash", "created_at", "updated_at",
     )
@@ -554,6 +591,7 @@ def add_jobs(
     did not take."""
     messages: list[DispatchMessage] = []
     for job, claimed in zip(jobs, claim, strict=True):
+        job.setdefault("tenant", DEFAULT_TENANT)
         job.update(
             status=JobStatus.SCHEDULED.value, attempts=0, lost_attempts=0, dispatch_token=0, lease_until=None,
             created_at=now, updated_at=now, **dict.fromkeys(_NEW_JOB_NULLS),
@@ -655,3 +693,8 @@ def end_attempts(session: Session, messages: list[UpdateMessage], *, lease: floa
     recorded = {uuid.UUID(str(row[0])) for row in session.execute(_END_ATTEMPTS_POSTGRESQL, params)}
     rest = [m for m in messages if m.status == JobStatus.RUNNING.value or m.job_id not in moved or m.job_id not in recorded]
     return len(moved) + (apply_updates(session, rest, lease=lease) if rest else 0)
+
+
+def prune_audit(session: Session, *, before: datetime) -> int:
+    """Delete audit records written before ``before``; returns how many."""
+    return session.execute(delete(AuditRecord).where(AuditRecord.at < before)).rowcount or 0

@@ -195,6 +195,11 @@ class Settings:
     metrics_auth: bool = _opt(
         "METRICS_AUTH", True, _bool, "The API's /metrics needs a credential (any role); off: open like /healthz."
     )
+    proxy_hops: int = _opt(
+        "PROXY_HOPS", 0, int,
+        "Reverse proxies in front of the API whose X-Forwarded-For/-Proto/-Host it believes (the client "
+        "address of rate limits and the audit log); 0: none, the peer is the client.",
+    )
     trusted_hosts: tuple[str, ...] = _opt(
         "TRUSTED_HOSTS", ("localhost", "127.0.0.1", "::1"), _list,
         "Host header values the API answers (comma separated, `.example.com` for subdomains); others get 400. "
@@ -302,7 +307,7 @@ URL_SETTINGS = frozenset({"database_url", "rate_limit_storage", "jwt_jwks_url"})
 
 def mask_url(url: str) -> str:
     """``url`` with the password of its user part (``scheme://user:password@host``) as ``***``."""
-    return re.sub(r"(://[^:/@\s]*):[^/@\s]+@", r"\1:***@", url)
+    return re.sub(r":[^:/@\s]+@", ":***@", url)
 
 
 def shown_value(settings: Settings, name: str) -> Any:
@@ -313,6 +318,11 @@ def shown_value(settings: Settings, name: str) -> Any:
     if name in URL_SETTINGS and isinstance(value, str):
         return mask_url(value)
     return value
+
+
+def shown_settings(settings: Settings) -> list[tuple[str, Any]]:
+    """(variable, value as it may be printed) of every setting, credentials masked."""
+    return [(f.metadata["env"], shown_value(settings, f.name)) for f in fields(Settings)]
 
 
 def options() -> list[tuple[str, str, Any]]:

@@ -5,7 +5,6 @@ Both name ``CHRONOQ_DATABASE_URL``, with its password masked."""
 
 from __future__ import annotations
 
-import re
 import threading
 from contextlib import contextmanager
 from pathlib import Path

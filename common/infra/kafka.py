@@ -1,11 +1,14 @@
 """The one Kafka producer factory, consumer factory and topic set-up. kafka-python errors are
-wrapped here into :class:`BrokerUnavailable`; services never catch a kafka-python type."""
+wrapped here into :class:`BrokerUnavailable`; services never catch a kafka-python type. Every
+client is built with :func:`security_options` (SASL and TLS for managed Kafka services)."""
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
@@ -13,8 +16,8 @@ from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError, UnknownProducerIdError
 from kafka.partitioner.default import murmur2
 
-from common.infra.config import Settings
-from common.infra.errors import BrokerUnavailable
+from common.infra.config import KAFKA_PROTOCOLS, PREFIX, Settings
+from common.infra.errors import BrokerUnavailable, ConfigError
 from common.infra.deadletter import DeadLetter
 
 log = logging.getLogger(__name__)
@@ -27,8 +30,108 @@ BrokerError = KafkaError
 RECONNECT_COOLDOWN = 5.0
 
 
+#: SASL mechanisms chronoq configures: each takes a user name and a password. (GSSAPI and
+#: OAUTHBEARER need settings chronoq does not have.)
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+
+#: kafka-python options whose values are credentials; see :class:`_RedactCredentials`.
+_SECRET_OPTIONS = frozenset({"sasl_plain_password", "ssl_password"})
+
+
 def _servers(settings: Settings) -> list[str]:
     return [s.strip() for s in settings.kafka_bootstrap.split(",") if s.strip()]
+
+
+def security_options(settings: Settings) -> dict[str, Any]:
+    """The kafka-python keyword arguments for ``CHRONOQ_KAFKA_SECURITY_PROTOCOL`` and its
+    SASL/TLS settings; only what is set (PLAINTEXT: none). Raises :class:`ConfigError` naming
+    the variable when a setting is missing, unknown, or would be silently ignored."""
+    protocol = settings.kafka_security_protocol.strip().upper()
+    if protocol not in KAFKA_PROTOCOLS:
+        raise ConfigError(
+            f"{PREFIX}KAFKA_SECURITY_PROTOCOL: must be one of {', '.join(KAFKA_PROTOCOLS)}, "
+            f"got {settings.kafka_security_protocol!r}"
+        )
+    uses_sasl = protocol.startswith("SASL_")
+    uses_tls = protocol.endswith("SSL")
+    options: dict[str, Any] = {}
+    if protocol != "PLAINTEXT":
+        options["security_protocol"] = protocol
+
+    sasl = {
+        "KAFKA_SASL_MECHANISM": settings.kafka_sasl_mechanism,
+        "KAFKA_SASL_USERNAME": settings.kafka_sasl_username,
+        "KAFKA_SASL_PASSWORD": settings.kafka_sasl_password,
+    }
+    if uses_sasl:
+        for name, value in sasl.items():
+            if not value:
+                raise ConfigError(f"{PREFIX}{name}: required with {PREFIX}KAFKA_SECURITY_PROTOCOL={protocol}")
+        mechanism = settings.kafka_sasl_mechanism.strip().upper()
+        if mechanism not in SASL_MECHANISMS:
+            raise ConfigError(
+                f"{PREFIX}KAFKA_SASL_MECHANISM: must be one of {', '.join(SASL_MECHANISMS)}, "
+                f"got {settings.kafka_sasl_mechanism!r}"
+            )
+        options["sasl_mechanism"] = mechanism
+        options["sasl_plain_username"] = settings.kafka_sasl_username
+        options["sasl_plain_password"] = settings.kafka_sasl_password
+    else:
+        # Credentials that would be dropped usually mean a forgotten protocol: say so now
+        # rather than let the client fail later with an obscure broker disconnect.
+        _refuse_unused(sasl, protocol, "a SASL protocol (SASL_SSL or SASL_PLAINTEXT)")
+
+    tls = {
+        "KAFKA_SSL_CAFILE": ("ssl_cafile", settings.kafka_ssl_cafile),
+        "KAFKA_SSL_CERTFILE": ("ssl_certfile", settings.kafka_ssl_certfile),
+        "KAFKA_SSL_KEYFILE": ("ssl_keyfile", settings.kafka_ssl_keyfile),
+    }
+    if uses_tls:
+        if settings.kafka_ssl_keyfile and not settings.kafka_ssl_certfile:
+            raise ConfigError(f"{PREFIX}KAFKA_SSL_KEYFILE: set, but {PREFIX}KAFKA_SSL_CERTFILE is not (the key's certificate)")
+        for name, (option, path) in tls.items():
+            if path:
+                if not os.path.isfile(path):
+                    raise ConfigError(f"{PREFIX}{name}: no such file: {path!r}")
+                options[option] = path
+        # Without a CA file kafka-python verifies the brokers against the system's CA bundle,
+        # which is what managed Kafka services with public certificates need.
+    else:
+        _refuse_unused({name: path for name, (_option, path) in tls.items()}, protocol, "a TLS protocol (SSL or SASL_SSL)")
+    return options
+
+
+def _refuse_unused(values: Mapping[str, str], protocol: str, needs: str) -> None:
+    unused = [name for name, value in values.items() if value]
+    if unused:
+        raise ConfigError(
+            f"{PREFIX}{unused[0]}: set, but {PREFIX}KAFKA_SECURITY_PROTOCOL={protocol} does not use it "
+            f"(it needs {needs})"
+        )
+
+
+class _RedactCredentials(logging.Filter):
+    """Masks credentials in kafka-python's own log records: KafkaAdminClient logs every
+    keyword argument, the SASL password included, at DEBUG."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, Mapping):
+            record.args = _redacted(record.args)
+        elif isinstance(record.args, tuple):
+            record.args = tuple(_redacted(arg) if isinstance(arg, Mapping) else arg for arg in record.args)
+        return True
+
+
+def _redacted(options: Mapping[str, Any]) -> Mapping[str, Any]:
+    if not _SECRET_OPTIONS.intersection(options):
+        return options
+    return {key: ("***" if key in _SECRET_OPTIONS and value else value) for key, value in options.items()}
+
+
+# A filter on a logger sees only the records made through that very logger, so it goes on
+# each kafka-python module that may log its configuration, not on the "kafka" parent.
+for _name in ("kafka.admin.client", "kafka.producer.kafka", "kafka.consumer.group"):
+    logging.getLogger(_name).addFilter(_RedactCredentials())
 
 
 class Producer:
@@ -41,6 +144,8 @@ class Producer:
     def __init__(self, settings: Settings, client_id: str = "chronoq") -> None:
         self._settings = settings
         self._client_id = client_id
+        # Worked out now so that a misconfigured service fails at start, not at its first send.
+        self._security = security_options(settings)
         self._lock = threading.Lock()
         self._producer: KafkaProducer | None = None
         self._down_until = 0.0  # monotonic time before which we do not try to connect again
@@ -71,6 +176,7 @@ class Producer:
                         request_timeout_ms=10000,
                         delivery_timeout_ms=20000,
                         max_request_size=max(self._settings.max_message_bytes * 2, 1_048_576),
+                        **self._security,
                     )
                 except (KafkaError, BrokerUnavailable) as exc:
                     self._down_until = time.monotonic() + RECONNECT_COOLDOWN
@@ -174,6 +280,7 @@ class Producer:
 def make_consumer(settings: Settings, topic: str, group_id: str, client_id: str = "chronoq") -> KafkaConsumer:
     """A consumer-group member on ``topic`` with manual commits (offsets are committed only
     after the work they stand for is recorded)."""
+    security = security_options(settings)
     try:
         return KafkaConsumer(
             topic,
@@ -190,6 +297,7 @@ def make_consumer(settings: Settings, topic: str, group_id: str, client_id: str 
             max_poll_interval_ms=settings.kafka_max_poll_interval_ms,
             max_partition_fetch_bytes=max(settings.max_message_bytes * 2, 1_048_576),
             request_timeout_ms=max(settings.kafka_session_timeout_ms + 5000, 30000),
+            **security,
         )
     except KafkaError as exc:
         raise BrokerUnavailable(f"cannot reach Kafka at {settings.kafka_bootstrap}: {exc}") from exc
@@ -197,9 +305,10 @@ def make_consumer(settings: Settings, topic: str, group_id: str, client_id: str 
 
 def ensure_topics(settings: Settings) -> None:
     """Create chronoq's three topics if they do not exist yet."""
+    security = security_options(settings)
     try:
         admin = KafkaAdminClient(
-            bootstrap_servers=_servers(settings), client_id="chronoq-admin", bootstrap_timeout_ms=3000
+            bootstrap_servers=_servers(settings), client_id="chronoq-admin", bootstrap_timeout_ms=3000, **security
         )
     except KafkaError as exc:
         raise BrokerUnavailable(f"cannot reach Kafka at {settings.kafka_bootstrap}: {exc}") from exc

@@ -57,12 +57,20 @@ def load_or_exit(name: str) -> "Settings":
     includes a CHRONOQ_DATABASE_URL no engine can be built from (unknown scheme, driver not
     installed), found here without connecting."""
     from common.infra.config import load_settings
+    from common.core.netguard import Policy
+    from common.core.secrets import Keyring
     from common.infra.db import check_database_url
     from common.infra.errors import ConfigError
+    from common.infra.kafka import security_options
 
     try:
         settings = load_settings()
         check_database_url(settings)
+        # Settings that are only read later (the first publish, the first http job) are checked
+        # now, so a typo stops the service at start with exit code 2, not hours later.
+        security_options(settings)
+        Policy.from_settings(settings)
+        Keyring.from_settings(settings)
         return settings
     except ConfigError as exc:
         print(f"chronoq {name}: invalid setting {exc}", file=sys.stderr)

@@ -13,16 +13,20 @@ import threading
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import IO
+from typing import IO, Callable
 
 import requests
 
 from common.launch.broker import LocalBroker, free_port
 from common.infra.config import Settings
-from common.infra.db import check_database, masked_url
+from common.infra.db import check_database, masked_url, session_scope
 from common.infra.kafka import ensure_topics
 from common.infra.lifecycle import EXIT_OK, on_stop
+from common.core import apikeys
 from common.core.migrate import upgrade
+from common.core.roles import Role
+from common.core.secrets import Keyring, new_key
+from common.infra import clock
 
 log = logging.getLogger("chronoq.up")
 
@@ -110,6 +114,17 @@ class GroupWatch:
         return None
 
 
+def _auth_banner(settings: Settings, home_dir: Path) -> str:
+    """The banner's lines on authentication; makes the local admin key on first start."""
+    if not settings.auth_enabled:
+        return ("  auth     OFF (CHRONOQ_AUTH=off): anyone who can reach the API is an admin of tenant "
+                f"{settings.local_tenant!r}\n")
+    key, new = local_admin_key(settings, home_dir)
+    shown = key if new else f"in {home_dir / 'admin.key'}"
+    return (f"  auth     admin key of tenant {settings.local_tenant!r}: {shown}\n"
+            f"           curl -H \"Authorization: Bearer $(cat {home_dir / 'admin.key'})\" ...\n")
+
+
 def restart_broker(broker: LocalBroker, settings: Settings, why: str) -> LocalBroker:
     """Replace the local broker with a fresh one on the same port. It holds nothing the
     database cannot rebuild: the scanner re-dispatches what was in flight once its lease ran
@@ -126,6 +141,34 @@ def restart_broker(broker: LocalBroker, settings: Settings, why: str) -> LocalBr
     return fresh
 
 
+#: What the local demo's http jobs may reach besides public hosts: this machine (the demo's own
+#: receivers). Said here, in the local run's configuration, not by weakening the default.
+LOCAL_ALLOW_PRIVATE = "127.0.0.0/8,::1/128"
+
+
+def _private_file(path: Path, make: Callable[[], str]) -> str:
+    """The text of ``path``, written first (readable by its owner only) when missing."""
+    if not path.exists():
+        path.touch(mode=0o600)
+        path.write_text(make() + "\n")
+    return path.read_text().strip()
+
+
+def local_admin_key(settings: Settings, home_dir: Path) -> tuple[str, bool]:
+    """The admin key of the local tenant, kept in ``<home>/admin.key``; made on first start (or
+    when the database no longer knows it). Returns the key and whether it is new."""
+    path = home_dir / "admin.key"
+    keyring = Keyring.from_settings(settings)
+    with session_scope(settings) as session:
+        if path.exists() and apikeys.find_key(session, path.read_text().strip()) is not None:
+            return path.read_text().strip(), False
+        made = apikeys.create_key(session, tenant=settings.local_tenant, role=Role.ADMIN, name="chronoq up",
+                                  created_by="chronoq up", keyring=keyring, now=clock.utcnow())
+    path.unlink(missing_ok=True)
+    _private_file(path, lambda: made.key)
+    return made.key, True
+
+
 def run_local(settings: Settings, *, port: int | None = None, home: str | None = None, executors: int = 1) -> int:
     """Run everything until stopped; returns the exit code. Raises :class:`ConfigError` or
     :class:`DatabaseUnavailable` (naming CHRONOQ_DATABASE_URL) before starting anything when
@@ -138,6 +181,11 @@ def run_local(settings: Settings, *, port: int | None = None, home: str | None =
     check_database(settings)
     log_dir = home_dir / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
+    if not settings.secret_key:
+        # Secret header and env values need a key; the local run keeps its own beside its data.
+        settings = replace(settings, secret_key=_private_file(home_dir / "secret.key", new_key))
+    if not settings.http_allow_private:
+        settings = replace(settings, http_allow_private=tuple(LOCAL_ALLOW_PRIVATE.split(",")))
 
     broker = LocalBroker(log_path=log_dir / "broker.log").start()
     (home_dir / "broker.port").write_text(f"{broker.port}\n")
@@ -147,8 +195,11 @@ def run_local(settings: Settings, *, port: int | None = None, home: str | None =
         settings = replace(settings, kafka_bootstrap=broker.bootstrap)
         ensure_topics(settings)
         upgrade(settings)
+        auth_lines = _auth_banner(settings, home_dir)
         env = {
             **os.environ,
+            "CHRONOQ_SECRET_KEY": settings.secret_key,
+            "CHRONOQ_HTTP_ALLOW_PRIVATE": ",".join(settings.http_allow_private),
             "CHRONOQ_HOME": settings.home,
             "CHRONOQ_DATABASE_URL": settings.resolved_database_url,
             "CHRONOQ_KAFKA_BOOTSTRAP": broker.bootstrap,
@@ -176,6 +227,9 @@ def run_local(settings: Settings, *, port: int | None = None, home: str | None =
                 f"  database {masked_url(settings.resolved_database_url)}\n"
                 f"  broker   {broker.bootstrap} (tansu, memory storage)\n"
                 f"  logs     {log_dir}\n"
+                f"  http     jobs may call {', '.join(settings.http_allow_private)} (CHRONOQ_HTTP_ALLOW_PRIVATE) "
+                "besides public hosts\n"
+                f"{auth_lines}"
                 "Press Ctrl-C to stop.\n",
                 flush=True,
             )

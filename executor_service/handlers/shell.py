@@ -7,9 +7,11 @@ import os
 import subprocess
 from typing import Any
 
+from common.core.jobtypes import command_problem, env_name_problem
+from common.infra.config import Settings
 from common.infra.errors import ChronoqError, JobTimeout
 
-from executor_service.context import HandlerContext
+from executor_service.context import HandlerContext, PermanentFailure
 
 TAIL = 4096  # characters of stdout/stderr kept
 
@@ -32,14 +34,34 @@ def base_env() -> dict[str, str]:
     }
 
 
+def check(argv: list[str], env: dict[str, Any], settings: Settings) -> None:
+    """Raise :class:`PermanentFailure` unless the API's rules hold now: ``argv[0]`` allowed
+    (CHRONOQ_SHELL_ALLOWED_COMMANDS) and no ``env`` name that changes which program runs.
+    Checked again at run time: a row may predate the rules, or the deployment may have changed
+    since the job was created."""
+    problem = command_problem(argv, settings)
+    if problem:
+        raise PermanentFailure(f"argv: {problem}")
+    for name, value in env.items():
+        if not isinstance(name, str):
+            raise PermanentFailure(f"env: {name!r} is not a variable name")
+        problem = env_name_problem(name)
+        if problem:
+            raise PermanentFailure(f"env: {problem}")
+        if not isinstance(value, str):  # a secret that was never revealed, or a bad row
+            raise PermanentFailure(f"env: the value of {name} is not a string")
+
+
 async def run(payload: dict[str, Any], context: HandlerContext) -> dict[str, Any]:
     """Run ``argv``; output ``{"exit_code", "stdout", "stderr"}`` (tails); non-zero exit fails.
-    The command is killed at the job's timeout."""
+    The command is killed at the job's timeout. ``env`` values arrive in clear (revealed)."""
+    argv = list(payload["argv"])
+    job_env = dict(payload.get("env") or {})
+    check(argv, job_env, context.settings)
     remaining = context.remaining()
     if remaining <= 0:
         raise JobTimeout(f"timed out after {context.timeout_seconds:g}s")
-    env = {**base_env(), **(payload.get("env") or {})}
-    argv = list(payload["argv"])
+    env = {**base_env(), **job_env}
     try:
         process = await asyncio.create_subprocess_exec(
             *argv,
@@ -51,6 +73,8 @@ async def run(payload: dict[str, Any], context: HandlerContext) -> dict[str, Any
         )
     except OSError as exc:  # no such program, not executable, bad cwd
         raise CommandFailed(f"cannot run {argv[0]!r}: {exc}") from exc
+    except ValueError as exc:  # a NUL in argv or cwd: no attempt can run it
+        raise PermanentFailure(f"cannot run {argv[0]!r}: {exc}") from exc
     try:
         stdout, stderr = await asyncio.wait_for(process.communicate(), remaining)
     except asyncio.TimeoutError:

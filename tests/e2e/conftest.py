@@ -9,6 +9,11 @@ from typing import Any, Callable, Iterator
 import pytest
 import requests
 
+from common.core import apikeys
+from common.core.roles import Role
+from common.core.secrets import Keyring
+from common.infra.clock import utcnow
+from common.infra.db import session_scope
 from common.launch.broker import LocalBroker, free_port
 from common.infra.config import Settings, load_settings
 from common.infra.kafka import ensure_topics
@@ -48,11 +53,13 @@ def system_settings(pg_url: str, bootstrap: str, **overrides: Any) -> Settings:
 def warm_up(system: System, timeout: float = 60.0) -> None:
     """One job through the whole pipeline: every consumer group has joined."""
     response = requests.post(
-        f"{system.base_url}/api/jobs", json={"name": "warm-up", "type": "noop", "delay_seconds": 0}, timeout=10
+        f"{system.base_url}/api/jobs", json={"name": "warm-up", "type": "noop", "delay_seconds": 0}, timeout=10,
+        headers=system.headers,
     )
     assert response.status_code == 201, response.text
     url = system.base_url + response.headers["Location"]
-    wait_for(lambda: requests.get(url, timeout=5).json()["status"] == "SUCCESS", timeout=timeout, what="warm-up job")
+    wait_for(lambda: requests.get(url, timeout=5, headers=system.headers).json()["status"] == "SUCCESS",
+             timeout=timeout, what="warm-up job")
 
 
 @pytest.fixture
@@ -67,6 +74,8 @@ def make_system(pg_url: str, broker: LocalBroker, tmp_path: Path) -> Iterator[Ca
         log_dir = tmp_path / f"logs{len(started)}"
         log_dir.mkdir()
         system = System(settings, log_dir, executors=executors, scanners=scanners)
+        if settings.auth_enabled:
+            system.headers = key_headers(settings, "ops", "admin")
         started.append(system)
         system.start()
         warm_up(system)
@@ -77,15 +86,25 @@ def make_system(pg_url: str, broker: LocalBroker, tmp_path: Path) -> Iterator[Ca
         system.stop()
 
 
-def create(system: System, **body: Any) -> dict:
-    response = requests.post(f"{system.base_url}/api/jobs", json=body, timeout=10)
+def key_headers(settings: Settings, tenant: str, role: str) -> dict[str, str]:
+    """The Authorization header of a new API key."""
+    with session_scope(settings) as session:
+        made = apikeys.create_key(session, tenant=tenant, role=Role.parse(role), name=f"e2e-{role}",
+                                  created_by="tests", keyring=Keyring.from_settings(settings), now=utcnow())
+    return {"Authorization": f"Bearer {made.key}"}
+
+
+def create(system: System, headers: dict[str, str] | None = None, **body: Any) -> dict:
+    response = requests.post(f"{system.base_url}/api/jobs", json=body, timeout=10,
+                             headers=system.headers if headers is None else headers)
     assert response.status_code == 201, response.text
     return response.json()
 
 
 def job(system: System, job_id: str) -> dict:
-    return requests.get(f"{system.base_url}/api/jobs/{job_id}", timeout=10).json()
+    return requests.get(f"{system.base_url}/api/jobs/{job_id}", timeout=10, headers=system.headers).json()
 
 
 def attempts(system: System, job_id: str) -> list[dict]:
-    return requests.get(f"{system.base_url}/api/jobs/{job_id}/attempts", timeout=10).json()["items"]
+    return requests.get(f"{system.base_url}/api/jobs/{job_id}/attempts", timeout=10,
+                        headers=system.headers).json()["items"]

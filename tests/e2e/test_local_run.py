@@ -35,10 +35,18 @@ def test_chronoq_up_runs_a_job_and_stops_cleanly(tmp_path: Path) -> None:
     try:
         wait_for(lambda: any("chronoq is up" in line for line in lines), timeout=60, what="banner")
         wait_for(lambda: _ready(base), timeout=60, what="API ready")
-        created = requests.post(f"{base}/api/jobs", json={"name": "hello", "type": "noop", "delay_seconds": 1}, timeout=10)
+        # Authentication is on here too: the admin key made on first start, printed once and kept.
+        key = (tmp_path / "state" / "admin.key").read_text().strip()
+        assert (tmp_path / "state" / "admin.key").stat().st_mode & 0o077 == 0
+        assert any(key in line for line in lines), "the new admin key was not printed"
+        auth = {"Authorization": f"Bearer {key}"}
+        job_body = {"name": "hello", "type": "noop", "delay_seconds": 1}
+        assert requests.post(f"{base}/api/jobs", json=job_body, timeout=10).status_code == 401
+        created = requests.post(f"{base}/api/jobs", json=job_body, headers=auth, timeout=10)
         assert created.status_code == 201, created.text
         job_url = base + created.headers["Location"]
-        wait_for(lambda: requests.get(job_url, timeout=5).json()["status"] == "SUCCESS", timeout=60, what="SUCCESS")
+        wait_for(lambda: requests.get(job_url, headers=auth, timeout=5).json()["status"] == "SUCCESS",
+                 timeout=60, what="SUCCESS")
         assert requests.get(f"{base}/openapi.json", timeout=5).status_code == 200
         broker_port = int((tmp_path / "state" / "broker.port").read_text())
     finally:

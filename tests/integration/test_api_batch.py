@@ -183,9 +183,9 @@ def test_a_key_stored_by_a_concurrent_request_is_answered_as_a_repeat(
     real = api.create._by_keys
     calls: list[set[str]] = []
 
-    def late_lookup(session: Any, keys: set[str]) -> dict[str, Any]:
+    def late_lookup(session: Any, tenant: str, keys: set[str]) -> dict[str, Any]:
         calls.append(keys)
-        return {} if len(calls) == 1 else real(session, keys)
+        return {} if len(calls) == 1 else real(session, tenant, keys)
 
     monkeypatch.setattr(api.create, "_by_keys", late_lookup)
     body = post_batch(client, [raced, job_body(name="other")])

@@ -41,7 +41,10 @@ from api.schemas import MAX_JSON_DEPTH
 from common.infra.clock import utcnow
 from common.infra.config import Settings
 from common.infra.db import session_scope
+from common.core import apikeys
 from common.core.jobtypes import enabled_types, load_payload
+from common.core.roles import Role
+from common.core.secrets import Keyring, reveal
 from common.core.models import Job, JobAttempt
 from common.core.states import JobStatus
 from tests.helpers import add_job, count_jobs
@@ -58,12 +61,36 @@ OPERATIONS: dict[tuple[str, str], int] = {
     ("DELETE", "/api/jobs/{job_id}"): 40,
     ("GET", "/api/jobs/{job_id}/attempts"): 40,
     ("GET", "/api/jobs/stats"): 5,
+    ("GET", "/api/keys"): 10,
+    ("POST", "/api/keys"): 30,
+    ("DELETE", "/api/keys/{key_id}"): 20,
+    ("GET", "/api/tenants"): 5,
+    ("POST", "/api/tenants"): 30,
+    ("GET", "/api/tenants/{name}"): 15,
+    ("PATCH", "/api/tenants/{name}"): 30,
+    ("GET", "/api/tenants/{name}/signing-secret"): 10,
+    ("POST", "/api/tenants/{name}/signing-secret/rotate"): 10,
+    ("DELETE", "/api/tenants/{name}/signing-secret/previous"): 10,
+    ("GET", "/api/audit"): 40,
     ("GET", "/healthz"): 3,
     ("GET", "/readyz"): 3,
     ("GET", "/metrics"): 3,
 }
 
-# Answers each fuzz run must have produced, so that it reached past validation and lookup.
+#: The role each operation needs (None: open); a caller below it gets 403 for anything.
+ROLES = ("viewer", "writer", "admin")
+
+
+def needed_role(method: str, path: str) -> str | None:
+    if path in ("/healthz", "/readyz"):
+        return None
+    if path.startswith(("/api/keys", "/api/tenants", "/api/audit")):
+        return "admin"
+    return "viewer" if method == "GET" else "writer"
+
+
+# Answers each fuzz run must have produced (as an admin, or as a role that may call it), so that
+# it reached past validation and lookup.
 EXPECTED_STATUSES: dict[tuple[str, str], set[int]] = {
     ("POST", "/api/jobs"): {201, 422, 400},
     ("POST", "/api/jobs/batch"): {200},
@@ -71,6 +98,12 @@ EXPECTED_STATUSES: dict[tuple[str, str], set[int]] = {
     ("GET", "/api/jobs/{job_id}"): {200, 404},
     ("DELETE", "/api/jobs/{job_id}"): {200, 404, 409},
     ("GET", "/api/jobs/{job_id}/attempts"): {200, 404},
+    ("POST", "/api/keys"): {201, 422},
+    ("DELETE", "/api/keys/{key_id}"): {200, 404},
+    ("POST", "/api/tenants"): {201, 422},
+    ("GET", "/api/tenants/{name}"): {200, 404},
+    ("PATCH", "/api/tenants/{name}"): {200, 404, 422},
+    ("GET", "/api/audit"): {200, 422},
 }
 
 ERROR_KEYS = {"code", "status", "message", "errors"}
@@ -93,8 +126,30 @@ def client(app: Flask) -> FlaskClient:
     return app.test_client()
 
 
+@pytest.fixture
+def secure_app(settings: Settings) -> Iterator[Flask]:
+    """As :func:`app`, with authentication on (and secrets, and shell jobs for admins)."""
+    application = create_app(replace(
+        settings, kafka_bootstrap=NO_BROKER, scan_interval_seconds=60, auth_enabled=True,
+        secret_key="u8b9hpbTL1JihVjvWHEbszczMa9kDUmYPwTg33nyFBo=", shell_enabled=True,
+    ))
+    yield application
+    application.extensions["chronoq"].close()
+
+
+def role_headers(settings: Settings) -> dict[str, dict[str, str]]:
+    """An Authorization header per role, of keys of tenant ``fuzz`` (admins: of ``ops``)."""
+    headers = {}
+    with session_scope(settings) as session:
+        for role in ROLES:
+            made = apikeys.create_key(session, tenant="ops" if role == "admin" else "fuzz", role=Role.parse(role),
+                                      name=f"fuzz-{role}", created_by="test", keyring=None, now=utcnow())
+            headers[role] = {"Authorization": f"Bearer {made.key}"}
+    return headers
+
+
 def insert_job(settings: Settings, **fields: Any) -> uuid.UUID:
-    return add_job(settings, due_in=3600, **{"name": "seed", "timeout_seconds": 60.0, **fields})
+    return add_job(settings, due_in=3600, **{"name": "seed", "timeout_seconds": 60.0, "tenant": "fuzz", **fields})
 
 
 def seed_jobs(settings: Settings) -> list[str]:
@@ -158,7 +213,8 @@ def assert_no_stored_garbage(settings: Settings) -> None:
         assert isinstance(job.name, str) and 1 <= len(job.name) <= 200 and "\x00" not in job.name, where
         assert job.type in types, where
         assert isinstance(job.payload, dict) and _json_ok(job.payload), where
-        load_payload(job.type, job.payload, settings)  # raises ValidationError if invalid
+        # Raises ValidationError if invalid; secret values are checked in clear, as they run.
+        load_payload(job.type, reveal(job.type, job.payload, Keyring.from_settings(settings)), settings)
         assert isinstance(job.meta, dict) and _json_ok(job.meta), where
         assert isinstance(job.execute_at, datetime) and job.execute_at.tzinfo is not None, where
         assert 0 <= job.max_retries <= 10, where
@@ -222,15 +278,13 @@ def _steered_bodies(settings: Settings) -> st.SearchStrategy[dict[str, Any]]:
     )).map(lambda parts: {"name": parts[4] or "job", "type": parts[0], "payload": parts[1], **parts[2], **parts[3]})
 
 
-def _case_strategy(operation: Any, settings: Settings, ids: list[str]) -> st.SearchStrategy[Any]:
+def _case_strategy(operation: Any, settings: Settings, ids: dict[str, list[str]]) -> st.SearchStrategy[Any]:
     method, path = operation.method.upper(), operation.path
     has_input = bool(operation.path_parameters or operation.query or operation.headers or operation.body)
     strategies = [operation.as_strategy(generation_mode=GenerationMode.POSITIVE)]
     if has_input:
         strategies.append(operation.as_strategy(generation_mode=GenerationMode.NEGATIVE))
-    if "{job_id}" in path:
-        # Random ids are all 404s; real ones reach the code behind the lookup.
-        strategies += [operation.as_strategy(path_parameters={"job_id": job_id}) for job_id in ids]
+    strategies += _id_strategies(operation, path, ids)
     if (method, path) == ("POST", "/api/jobs"):
         def steer(pair: tuple[Any, dict[str, Any]]) -> Any:
             case, body = pair
@@ -251,18 +305,35 @@ def _case_strategy(operation: Any, settings: Settings, ids: list[str]) -> st.Sea
     return st.one_of(strategies)
 
 
+def _id_strategies(operation: Any, path: str, ids: dict[str, list[str]]) -> list[Any]:
+    """Path parameters that name real objects: random ones are all 404s."""
+    for name in ("job_id", "key_id", "name"):
+        if "{" + name + "}" in path:
+            return [operation.as_strategy(path_parameters={name: value}) for value in ids[name]]
+    return []
+
+
+@pytest.mark.parametrize("role", ROLES)
 @pytest.mark.parametrize("method, path", list(OPERATIONS), ids=[f"{m} {p}" for m, p in OPERATIONS])
-def test_fuzz_operation(app: Flask, settings: Settings, method: str, path: str) -> None:
+def test_fuzz_operation(secure_app: Flask, settings: Settings, method: str, path: str, role: str) -> None:
+    """Every operation, fuzzed with the credential of each role: never a 5xx, always the
+    documented shapes, nothing invalid stored; below the operation's role, only 403s."""
+    app = secure_app
     api_settings = app.extensions["chronoq"].settings
-    ids = seed_jobs(settings)
+    headers = role_headers(settings)
+    ids = {"job_id": seed_jobs(settings), "name": ["fuzz", "ops", "nobody"],
+           "key_id": [k["id"] for k in app.test_client().get("/api/keys", headers=headers["admin"]).get_json()["items"]]}
     operation = load_schema(app)[path][method]
     checks = [not_a_server_error, response_schema_conformance]
     is_create = (method, path) == ("POST", "/api/jobs")
     is_batch = (method, path) == ("POST", "/api/jobs/batch")
+    needed = needed_role(method, path)
+    allowed = needed is None or ROLES.index(role) >= ROLES.index(needed)
     seen: Counter[int] = Counter()
 
     @hypothesis.settings(
-        max_examples=OPERATIONS[(method, path)],
+        # Below the operation's role every request is a 403 before anything is read: a few suffice.
+        max_examples=OPERATIONS[(method, path)] if allowed else 3,
         derandomize=True,
         database=None,
         deadline=None,
@@ -273,9 +344,15 @@ def test_fuzz_operation(app: Flask, settings: Settings, method: str, path: str) 
     @given(case=_case_strategy(operation, api_settings, ids))
     def fuzz(case: schemathesis.Case) -> None:
         before = count_jobs(settings) if is_create or is_batch else None
-        response = case.call()
+        response = case.call(headers=headers[role])
         seen[response.status_code] += 1
         case.validate_response(response, checks=checks)
+        if needed is not None and response.request.headers.get("Authorization") != headers[role]["Authorization"]:
+            # schemathesis also tries the documented security scheme with a missing or bad credential.
+            assert response.status_code == 401, response.status_code
+            return
+        if not allowed:
+            assert response.status_code == 403, response.status_code
         if 400 <= response.status_code < 500:
             body = response.json()
             assert isinstance(body, dict) and set(body) <= ERROR_KEYS and body.get("code") == response.status_code \
@@ -289,7 +366,9 @@ def test_fuzz_operation(app: Flask, settings: Settings, method: str, path: str) 
             assert count_jobs(settings) == before + (response.status_code == 201)
 
     fuzz()
-    assert EXPECTED_STATUSES.get((method, path), {200}) <= set(seen), sorted(seen.items())
+    # The seeded jobs are tenant fuzz's, whose viewer and writer reach them like the admin.
+    expected = EXPECTED_STATUSES.get((method, path), {200}) if allowed else {403}
+    assert expected <= set(seen), sorted(seen.items())
     assert_no_stored_garbage(api_settings)
 
 

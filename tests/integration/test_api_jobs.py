@@ -202,9 +202,9 @@ def test_idempotency_race_is_settled_by_the_unique_key(
     real = api.create._by_key
     calls: list[str] = []
 
-    def late_lookup(session: Any, key: str) -> Job | None:
+    def late_lookup(session: Any, tenant: str, key: str) -> Job | None:
         calls.append(key)
-        return None if len(calls) == 1 else real(session, key)
+        return None if len(calls) == 1 else real(session, tenant, key)
 
     monkeypatch.setattr(api.create, "_by_key", late_lookup)
     response = client.post("/api/jobs", json=body, headers={"Idempotency-Key": "k-race"})

@@ -1,16 +1,18 @@
 """The executor's batched start claim (one statement for many attempts) and its lease
 heartbeat, on PostgreSQL and on SQLite (the local run): the same compare-and-set per attempt
-as a single claim."""
+as a single claim, which also reads what the attempt runs from its row."""
 
 from __future__ import annotations
 
+import uuid
+from dataclasses import replace
 from datetime import timedelta
 
 import pytest
 from sqlalchemy import select, update
 
 from common.core import store
-from common.core.messages import DispatchMessage, UpdateMessage
+from common.core.messages import DispatchMessage, UpdateMessage, encode_dispatch
 from common.core.models import Job, JobAttempt
 from common.infra.clock import ensure_aware, utcnow
 from common.infra.config import Settings
@@ -42,9 +44,9 @@ def test_one_statement_claims_exactly_the_current_unstarted_attempts(database: S
     batch = ready + [cancelled, superseded]
     with session_scope(database) as session:
         claimed = store.claim_starts(session, batch, executor="e1", now=now, lease=30)
-    assert claimed == {store.attempt_key(m) for m in ready}
+    assert set(claimed) == {store.attempt_key(m) for m in ready}
     with session_scope(database) as session:  # a duplicate of the batch claims nothing again
-        assert store.claim_starts(session, batch, executor="e2", now=now, lease=30) == set()
+        assert store.claim_starts(session, batch, executor="e2", now=now, lease=30) == {}
     for message in ready:
         job = get_job(database, message.job_id)
         assert (job.status, job.attempts, job.executor) == ("RUNNING", 1, "e1")
@@ -135,3 +137,75 @@ def test_an_end_reported_after_its_attempt_was_marked_lost_keeps_the_mark(databa
     (row,) = _state(database, message.job_id)[-1]
     assert row[1] == "SUCCESS" and row[7].startswith(store.LOST) and "it ended SUCCESS later" in row[7]
     assert get_job(database, message.job_id).status == "QUEUED"  # the new dispatch is untouched
+
+
+SEALED_HEADERS = {"Authorization": {"encrypted": "gAAAA-not-opened-by-the-store"}, "Accept": "text/plain"}
+
+
+def test_the_claim_returns_what_the_row_runs_whatever_the_message_says(database: Settings) -> None:
+    payload = {"url": "https://hooks.example/good", "headers": SEALED_HEADERS}
+    message = dispatch(database, due_in=0.3)
+    with session_scope(database) as session:
+        session.execute(update(Job).where(Job.id == message.job_id).values(type="http", payload=payload))
+    # Altered on the topic: another type, another target, its own limits. The claim reads the row.
+    forged = replace(message, type="shell", payload={"argv": ["sh", "-c", "id"]}, timeout_seconds=86400,
+                     max_retries=10)
+    row = get_job(database, message.job_id)
+    with session_scope(database) as session:
+        claimed = store.claim_starts(session, [forged], executor="e", now=utcnow(), lease=30)
+    assert claimed == {store.attempt_key(message): store.ClaimedRow(
+        "http", payload, "default", row.timeout_seconds, row.max_retries)}
+
+
+def test_a_forged_early_first_attempt_is_not_claimed(settings: Settings) -> None:
+    """On PostgreSQL: a dispatch that moves a job's first run before its time claims nothing."""
+    message = dispatch(settings, due_in=60)
+    early = replace(message, execute_at=utcnow())
+    with session_scope(settings) as session:
+        assert store.claim_starts(session, [early], executor="e", now=utcnow(), lease=30) == {}
+    assert get_job(settings, message.job_id).status == "QUEUED"
+    with session_scope(settings) as session:  # the genuine dispatch, at its time, still claims it
+        assert store.claim_starts(session, [message], executor="e", now=utcnow(), lease=30)
+
+
+def test_a_dispatch_naming_another_tenant_than_its_jobs_is_not_claimed(database: Settings) -> None:
+    message = dispatch(database, due_in=0.3)
+    with session_scope(database) as session:
+        session.execute(update(Job).where(Job.id == message.job_id).values(tenant="acme"))
+    with session_scope(database) as session:
+        assert store.claim_starts(session, [replace(message, tenant="evil")], executor="e", now=utcnow(), lease=30) == {}
+        assert not store.claim_start(session, message, executor="e", now=utcnow(), lease=30)  # "default"
+    job = get_job(database, message.job_id)
+    assert (job.status, job.attempts) == ("QUEUED", 0)
+    with session_scope(database) as session:
+        claimed = store.claim_starts(session, [replace(message, tenant="acme")], executor="e", now=utcnow(), lease=30)
+    assert [row.tenant for row in claimed.values()] == ["acme"]
+    assert get_job(database, message.job_id).status == "RUNNING"
+
+
+def test_a_dispatch_names_its_jobs_tenant_and_carries_no_secret_in_clear(database: Settings) -> None:
+    payload = {"url": "https://hooks.example/good", "headers": SEALED_HEADERS}
+    job_id = add_job(database, due_in=0.3, type="http", payload=payload, tenant="acme")
+    with session_scope(database) as session:
+        (message,) = store.claim_ids(session, [job_id], now=utcnow(), lease=30).messages
+    assert message.tenant == "acme"
+    assert message.payload["headers"] == {"Authorization": "***", "Accept": "text/plain"}
+    assert "gAAAA" not in encode_dispatch(message).decode()
+    with session_scope(database) as session:  # the message as it is claims the job, sealed payload and all
+        claimed = store.claim_starts(session, [message], executor="e", now=utcnow(), lease=30)
+    assert [(r.type, r.payload, r.tenant) for r in claimed.values()] == [("http", payload, "acme")]
+
+
+def test_a_direct_dispatch_names_its_jobs_tenant_and_claims_it(database: Settings) -> None:
+    now = utcnow()
+    job = dict(
+        id=uuid.uuid4(), tenant="acme", name="direct", type="http", meta={}, priority=0, max_retries=0,
+        payload={"url": "https://hooks.example/good", "headers": SEALED_HEADERS}, execute_at=now,
+        timeout_seconds=5.0, misfire_grace_seconds=None, idempotency_key=None, request_hash=None,
+    )
+    with session_scope(database) as session:
+        (message,) = store.add_jobs(session, [job], claim=[True], now=now, lease=30)
+    assert message.tenant == "acme" and message.payload["headers"]["Authorization"] == "***"
+    with session_scope(database) as session:
+        claimed = store.claim_starts(session, [message], executor="e", now=utcnow(), lease=30)
+    assert [row.tenant for row in claimed.values()] == ["acme"]

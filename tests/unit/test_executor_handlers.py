@@ -105,7 +105,8 @@ def server() -> Iterator[str]:
 
 @pytest.fixture
 def settings() -> Settings:
-    return load_settings({})
+    # The http tests call a server on this machine: a loopback target must be opened on purpose.
+    return load_settings({}, http_allow_private=("127.0.0.1/32",))
 
 
 def test_http_success_sends_json_and_idempotency_key(server: str, settings: Settings) -> None:
@@ -116,6 +117,14 @@ def test_http_success_sends_json_and_idempotency_key(server: str, settings: Sett
     assert request["method"] == "POST"
     assert json.loads(request["body"]) == {"a": 1}
     assert request["headers"]["Idempotency-Key"] == context.idempotency_key == f"{context.job_id}:2"
+    assert request["headers"]["X-Chronoq-Job-Id"] == str(context.job_id)
+    assert request["headers"]["X-Chronoq-Attempt"] == "2"
+
+
+def test_http_refuses_a_loopback_target_by_default(server: str) -> None:
+    with pytest.raises(PermanentFailure, match="127.0.0.1 is a loopback address"):
+        run("http", {"url": f"{server}/ok"}, load_settings({}))
+    assert _Server.received == []
 
 
 def test_http_keeps_only_the_first_4_kib_of_the_body(server: str, settings: Settings) -> None:
@@ -134,13 +143,18 @@ def test_http_unexpected_status_fails_unless_expected(server: str, settings: Set
 def test_http_network_error_fails_the_attempt(settings: Settings) -> None:
     from common.launch.broker import free_port
 
+    url = f"http://127.0.0.1:{free_port()}/"
+    with pytest.raises(http.HttpFailed) as caught:
+        run("http", {"url": url}, settings)
+    assert str(caught.value) == http.NO_RESPONSE  # no reason given: jobs must not map ports
+    detailed = load_settings({}, http_allow_private=("127.0.0.1/32",), http_detailed_errors=True)
     with pytest.raises(http.HttpFailed, match="Cannot connect to host"):
-        run("http", {"url": f"http://127.0.0.1:{free_port()}/"}, settings)
+        run("http", {"url": url}, detailed)
 
 
 def test_http_allow_list_refuses_other_hosts(server: str) -> None:
-    settings = load_settings({}, http_allowed_hosts=("*.example.com", "localhost"))
-    with pytest.raises(PermanentFailure, match="'127.0.0.1' is not in CHRONOQ_HTTP_ALLOWED_HOSTS"):
+    settings = load_settings({}, http_allowed_hosts=("*.example.com", "localhost"), http_allow_private=("127.0.0.1/32",))
+    with pytest.raises(PermanentFailure, match=r"'127.0.0.1' is not allowed \(CHRONOQ_HTTP_ALLOWED_HOSTS\)"):
         run("http", {"url": f"{server}/ok"}, settings)
     assert _Server.received == []  # refused before any request
     assert http.host_allowed("api.EXAMPLE.com", settings.http_allowed_hosts)
@@ -150,12 +164,18 @@ def test_http_allow_list_refuses_other_hosts(server: str) -> None:
 
 
 def test_http_obeys_the_timeout(server: str, settings: Settings) -> None:
+    detailed = load_settings({}, http_allow_private=("127.0.0.1/32",), http_detailed_errors=True)
     started = time.monotonic()
     with pytest.raises(JobTimeout):
-        run("http", {"url": f"{server}/slow", "method": "GET"}, settings, timeout=0.5)
+        run("http", {"url": f"{server}/slow", "method": "GET"}, detailed, timeout=0.5)
     elapsed = time.monotonic() - started
     print(f"\nhttp timed out after {elapsed * 1000:.0f} ms (timeout 500 ms)")
     assert elapsed < 0.5 + ABANDON_MARGIN
+    # Without detailed errors a target silent until the deadline looks like any unreachable one.
+    started = time.monotonic()
+    with pytest.raises(http.HttpFailed, match="^could not reach the target"):
+        run("http", {"url": f"{server}/slow", "method": "GET"}, settings, timeout=0.5)
+    assert time.monotonic() - started < 0.5 + ABANDON_MARGIN
 
 
 def test_shell_is_disabled_by_default(settings: Settings) -> None:

@@ -4,9 +4,11 @@ from datetime import datetime, timezone
 
 import pytest
 
+from common.core import models
 from common.infra.deadletter import DeadLetter
 from common.infra.errors import MessageError
 from common.core.messages import (
+    DEFAULT_TENANT,
     DispatchMessage,
     UpdateMessage,
     decode_dispatch,
@@ -83,3 +85,23 @@ def test_update_status_must_be_reportable():
 def test_dead_letter_truncates_the_original():
     body = json.loads(DeadLetter(reason="bad", original="x" * 50).encode(limit=10))
     assert body["reason"] == "bad" and body["original"].startswith("x" * 10) and len(body["original"]) < 30
+
+
+def test_dispatch_carries_its_tenant():
+    message = dispatch_message(tenant="acme")
+    body = json.loads(encode_dispatch(message))
+    assert body["tenant"] == "acme" and decode_dispatch(encode_dispatch(message)) == message
+
+
+def test_a_dispatch_without_tenant_belongs_to_the_default_tenant():
+    body = json.loads(encode_dispatch(dispatch_message(tenant="acme")))
+    del body["tenant"]  # written before tenants existed
+    assert decode_dispatch(json.dumps(body).encode()).tenant == DEFAULT_TENANT == models.DEFAULT_TENANT
+
+
+@pytest.mark.parametrize("tenant", ["", "x" * 65, None, 7])
+def test_a_dispatch_with_an_unusable_tenant_is_rejected(tenant):
+    body = json.loads(encode_dispatch(dispatch_message()))
+    body["tenant"] = tenant
+    with pytest.raises(MessageError, match="tenant"):
+        decode_dispatch(json.dumps(body).encode())
