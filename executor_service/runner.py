@@ -72,6 +72,18 @@ class Run:
     problem: Exception | None = None
 
 
+def _signing_secrets(tenants: Tenants, row: ClaimedRow) -> tuple[str, ...]:
+    """The secrets the run signs with. Only ``http`` deliveries are signed by chronoq, so only
+    they fail when the tenant's secret cannot be opened (a wrong CHRONOQ_SECRET_KEY); other
+    types run, their handlers given none."""
+    if row.type == "http":
+        return tenants.secrets(row.tenant)
+    try:
+        return tenants.secrets(row.tenant)
+    except (PermanentFailure, SigningUnavailable):
+        return ()
+
+
 def prepare(
     message: DispatchMessage, row: ClaimedRow, *, settings: Settings, keyring: Keyring | None, tenants: Tenants,
 ) -> Run:
@@ -85,7 +97,7 @@ def prepare(
     try:
         handler = resolve(row.type, settings)
         payload = load_payload(row.type, reveal(row.type, row.payload, keyring))
-        signing = tenants.secrets(row.tenant)
+        signing = _signing_secrets(tenants, row)
     except ValidationError as exc:
         problem: Exception = PermanentFailure(f"invalid payload: {exc.messages}")
     except SecretError as exc:

@@ -79,7 +79,7 @@ def test_tenants_secrets_and_signed_deliveries(make_system: Callable[..., System
 def test_ssrf_defaults_refuse_this_machine(make_system: Callable[..., System], receiver: Receiver) -> None:
     """Without CHRONOQ_HTTP_ALLOW_PRIVATE, a target on this machine is refused at creation, and
     a job that names one anyway (written before the rule, say) fails at run time without a call."""
-    system = make_system(auth_enabled=True, http_allow_private=())
+    system = make_system(auth_enabled=True, secret_key=FERNET_KEY, http_allow_private=())
     writer = key_headers(system.settings, "acme", "writer")
     for url in (f"{receiver.url}/nope", "http://169.254.169.254/latest/meta-data/", "http://[::1]:5432/",
                 f"http://localhost:{system.settings.api_port}/api/keys"):

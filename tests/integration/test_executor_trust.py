@@ -299,3 +299,24 @@ def test_a_signing_secret_this_executor_cannot_open_fails_its_tenants_runs(datab
     with pytest.raises(PermanentFailure, match="signing secret of tenant 'acme' cannot be opened") as failure:
         tenants.secrets("acme")
     assert "whsec_" not in str(failure.value)
+
+
+def test_only_http_runs_need_the_signing_secret(database: Settings) -> None:
+    """A tenant whose signing secret this executor cannot open still runs its other jobs; its
+    http jobs, which must be signed, fail with the reason."""
+    from executor_service.runner import prepare
+
+    with session_scope(database) as session:
+        ensure_tenant(session, "acme", secrets.Keyring([OTHER_KEY]), now=utcnow())
+    keyring = secrets.Keyring([KEY])
+    tenants = Tenants(keyring)
+    with session_scope(database) as session:
+        tenants.accept(tenants.load(session, {"acme"}, now=utcnow()))
+    message = DispatchMessage(job_id=uuid.uuid4(), token=1, name="n", type="noop", payload={}, execute_at=utcnow(),
+                              attempt=1, max_retries=0, timeout_seconds=5.0, tenant="acme")
+    noop = prepare(message, store.ClaimedRow("noop", {}, "acme", 5.0, 0), settings=database, keyring=keyring,
+                   tenants=tenants)
+    assert noop.problem is None and noop.signing_secrets == ()
+    http = prepare(message, store.ClaimedRow("http", {"url": "https://example.com/"}, "acme", 5.0, 0),
+                   settings=database, keyring=keyring, tenants=tenants)
+    assert isinstance(http.problem, PermanentFailure) and "cannot be opened" in str(http.problem)
