@@ -32,7 +32,7 @@ from api.admin_schemas import (
     TenantSchema,
 )
 from api.audit import note
-from api.auth import principal, requires
+from api.auth import forget_keys, principal, requires
 from api.context import request_now, runtime
 from api.parsing import JsonParser
 
@@ -88,7 +88,8 @@ class KeyView(MethodView):
             row = apikeys.revoke_key(session, _uuid(key_id, "key"), now=request_now())
             if row is None:
                 abort(404, message=f"No key '{key_id}'")
-            return row
+        forget_keys()  # this process at once; the others within CHRONOQ_KEY_CACHE_SECONDS
+        return row
 
 
 def _tenant(session: Any, name: str) -> Tenant:
@@ -209,7 +210,10 @@ class AuditView(MethodView):
     @audit.response(200, AuditPageSchema)
     def get(self, limit: int, cursor: int | None = None, after: Any = None, before: Any = None,
             **equal: Any) -> dict[str, Any]:
-        """Audit records, newest first, filtered; pass ``next_cursor`` back as ``cursor``."""
+        """Audit records, newest first, filtered; pass ``next_cursor`` back as ``cursor``.
+        Each API process writes its records every 100 ms, so the last fraction of a second of
+        other processes may not be there yet."""
+        runtime().audit.flush()
         query = select(AuditRecord)
         for field, value in equal.items():
             query = query.where(getattr(AuditRecord, field) == value)

@@ -8,10 +8,7 @@ from typing import Any
 
 from flask import Flask, Response, g, request
 
-from common.core.models import AuditRecord
 from common.infra import clock
-from common.infra.db import session_scope
-from common.infra.errors import DatabaseUnavailable
 
 from api.auth import current_principal
 
@@ -60,14 +57,10 @@ def install(app: Flask) -> None:
         subject, tenant, role = (caller.subject, caller.tenant, caller.role) if caller else refused
         if refused is not None and caller is not None:
             subject, tenant, role = refused
-        row = AuditRecord(
-            at=clock.utcnow(), tenant=tenant, subject=_text(subject, 200) or "?", role=role.label if role else None,
-            action=_text(action, 64) or "?", target_type=target_type, target_id=_text(target_id, 200),
-            address=_text(request.remote_addr, 64), outcome=response.status_code, detail=detail,
-        )
-        try:
-            with session_scope(rt.settings) as session:
-                session.add(row)
-        except DatabaseUnavailable as exc:
-            log.error("audit record of %s %s by %s not written: %s", action, target_id or "-", subject, exc)
+        rt.audit.record({
+            "at": clock.utcnow(), "tenant": tenant, "subject": _text(subject, 200) or "?",
+            "role": role.label if role else None, "action": _text(action, 64) or "?", "target_type": target_type,
+            "target_id": _text(target_id, 200), "address": _text(request.remote_addr, 64),
+            "outcome": response.status_code, "detail": detail,
+        })
         return response

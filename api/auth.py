@@ -41,6 +41,15 @@ _DOC_ENDPOINTS = ("api-docs.",)
 TOUCH_EVERY = 60.0
 
 
+#: Keys this process verified lately: SHA-256 of the key → (principal, monotonic expiry).
+_VERIFIED: dict[str, tuple[Principal, float]] = {}
+
+
+def forget_keys() -> None:
+    """Verify every key again on its next use (one was revoked)."""
+    _VERIFIED.clear()
+
+
 def requires(role: Role | None) -> Callable[[F], F]:
     """Declare the least ``role`` a view needs (None: open), and document it in OpenAPI."""
 
@@ -113,6 +122,10 @@ class Authenticator:
         return self.tokens.verify(credential)
 
     def _key(self, key: str) -> Principal:
+        digest = apikeys.key_hash(key)
+        cached = _VERIFIED.get(digest)
+        if cached is not None and time.monotonic() < cached[1]:
+            return cached[0]
         settings = self.settings
         with session_scope(settings) as session:
             row = apikeys.find_key(session, key)
@@ -122,6 +135,8 @@ class Authenticator:
                               role=Role.parse(row.role), key_id=row.id)
             if self._should_touch(row.id):
                 apikeys.touch(session, row.id, now=clock.utcnow())
+        if settings.key_cache_seconds > 0:
+            _VERIFIED[digest] = (found, time.monotonic() + settings.key_cache_seconds)
         return found
 
     def _should_touch(self, key_id: uuid.UUID) -> bool:

@@ -16,6 +16,7 @@ from common.infra.kafka import Producer
 
 from common.core.secrets import Keyring
 
+from api.audit_writer import AuditWriter
 from api.metrics import Metrics
 from api.quotas import Quotas
 from api.ratelimit import Limiter
@@ -34,6 +35,7 @@ class Runtime:
         self.keyring = Keyring.from_settings(settings)
         self.limiter = Limiter(settings)
         self.quotas = Quotas(settings, self.limiter, self.keyring)
+        self.audit = AuditWriter(settings)
         self._lock = threading.Lock()
         self._producer: Producer | None = None
         self._producer_pid: int | None = None
@@ -49,7 +51,8 @@ class Runtime:
             return self._producer
 
     def close(self) -> None:
-        """Flush and close this process's producer, if it made one."""
+        """Write the pending audit rows; flush and close this process's producer, if it made one."""
+        self.audit.close()
         with self._lock:
             producer, self._producer = self._producer, None
             owned = self._producer_pid == os.getpid()

@@ -183,6 +183,11 @@ class Settings:
         "Require a credential (API key or JWT) on every API request but /healthz and /readyz; `off` "
         "opens the API to anyone who can reach it.",
     )
+    key_cache_seconds: float = _opt(
+        "KEY_CACHE_SECONDS", 2.0, float,
+        "How long an API process reuses an API key it verified; a revoked key stops working within "
+        "this long (at once on the process that revoked it). 0: every request reads the key.",
+    )
     jwt_issuer: str = _opt("JWT_ISSUER", "", str, "Accept JWT bearer tokens from this issuer (`iss`); empty: no JWTs.")
     jwt_audience: str = _opt("JWT_AUDIENCE", "chronoq", str, "Audience (`aud`) a JWT must name.")
     jwt_jwks_url: str = _opt("JWT_JWKS_URL", "", str, "URL of the issuer's JWKS (RS256/ES256 tokens).")
