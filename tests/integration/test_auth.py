@@ -390,3 +390,20 @@ def test_behind_a_proxy_the_forwarded_client_address_counts(secure: Settings) ->
         codes = [client.get("/api/jobs", headers={**bad, "X-Forwarded-For": f"198.51.100.{i}"}).status_code
                  for i in range(3)]
         assert codes == [401, 401, 429]
+
+
+@pytest.mark.parametrize("cache_seconds, works_after_revoke", [(60.0, True), (0.0, False)])
+def test_a_key_revoked_elsewhere_stops_within_the_cache_time(
+    secure: Settings, cache_seconds: float, works_after_revoke: bool
+) -> None:
+    from api.auth import forget_keys
+
+    forget_keys()
+    for client in client_for(replace(secure, key_cache_seconds=cache_seconds)):
+        writer = make_key(secure, "acme", "writer")
+        assert client.get("/api/jobs", headers=writer).status_code == 200
+        with session_scope(secure) as session:  # as `chronoq keys revoke` does, from another process
+            (row,) = apikeys.list_keys(session, "acme")
+            apikeys.revoke_key(session, row.id, now=utcnow())
+        assert (client.get("/api/jobs", headers=writer).status_code == 200) is works_after_revoke
+    forget_keys()
