@@ -24,7 +24,7 @@ from common.infra.db import session_scope
 
 from api.context import runtime
 from api.errors import http_error
-from api.principal import AuthFailed, Forbidden, Principal
+from api.principal import AuthFailed, AuthUnavailable, Forbidden, Principal
 from api.tokens import TokenVerifier
 
 log = logging.getLogger(__name__)
@@ -195,6 +195,8 @@ def install(app: Flask) -> None:
         except Forbidden as exc:
             g.chronoq_refused = (exc.subject, exc.tenant, None)
             return _refuse(403, str(exc))
+        except AuthUnavailable as exc:
+            return _refuse(503, str(exc), **{"Retry-After": "10"})
         g.chronoq_principal = caller
         if caller.role < needed:
             g.chronoq_refused = (caller.subject, caller.tenant, caller.role)

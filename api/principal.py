@@ -36,3 +36,8 @@ class Forbidden(ChronoqError):
         super().__init__(message)
         self.subject = subject
         self.tenant = tenant
+
+
+class AuthUnavailable(ChronoqError):
+    """The credential cannot be checked right now (the identity provider's keys are out of
+    reach): 503, not the caller's fault."""

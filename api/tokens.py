@@ -12,7 +12,7 @@ from common.core.apikeys import check_tenant_name
 from common.core.roles import highest_role
 from common.infra.config import Settings
 
-from api.principal import AuthFailed, Forbidden, Principal
+from api.principal import AuthFailed, AuthUnavailable, Forbidden, Principal
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ class TokenVerifier:
             )
         except jwt.PyJWKClientConnectionError as exc:
             log.error("cannot fetch the issuer's keys from %s: %s", s.jwt_jwks_url, exc)
-            raise AuthFailed("the token cannot be verified now: the issuer's keys are unavailable") from None
+            raise AuthUnavailable("the token cannot be verified now: the issuer's keys are unavailable") from None
         except jwt.PyJWTError as exc:
             # PyJWT's texts ("Signature has expired", "Audience doesn't match") say what to fix
             # and nothing about the key.

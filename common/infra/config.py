@@ -206,9 +206,10 @@ class Settings:
         "address of rate limits and the audit log); 0: none, the peer is the client.",
     )
     trusted_hosts: tuple[str, ...] = _opt(
-        "TRUSTED_HOSTS", ("localhost", "127.0.0.1", "::1"), _list,
+        "TRUSTED_HOSTS", ("localhost", "127.0.0.1"), _list,
         "Host header values the API answers (comma separated, `.example.com` for subdomains); others get 400. "
-        "Keeps a web page from driving a local chronoq through DNS rebinding.",
+        "Keeps a web page from driving a local chronoq through DNS rebinding. (werkzeug cannot match "
+        "an IPv6 literal such as [::1]: name the host instead.)",
     )
     auth_failures_per_minute: int = _opt(
         "AUTH_FAILURES_PER_MINUTE", 20, _positive(int),

@@ -120,3 +120,12 @@ def test_rs256_tokens_verified_against_the_issuers_jwks(jwks_issuer: tuple[Flask
     assert client.get("/api/jobs", headers=bearer(token(key=stranger, algorithm="RS256", kid="k1"))).status_code == 401
     # With a JWKS only asymmetric algorithms count: an HS256 token is refused whatever its secret.
     assert client.get("/api/jobs", headers=bearer(token(kid="k1"))).status_code == 401
+
+
+def test_an_unreachable_jwks_is_a_503_not_the_callers_fault(settings: Settings) -> None:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    gone = replace(settings, auth_enabled=True, jwt_issuer=ISSUER, jwt_jwks_url="http://127.0.0.1:1/jwks.json")
+    for client in client_for(gone):
+        response = client.get("/api/jobs", headers=bearer(token(key=key, algorithm="RS256", kid="k1")))
+        assert response.status_code == 503, response.get_data(as_text=True)
+        assert "issuer's keys" in response.get_json()["message"] and response.headers["Retry-After"]
