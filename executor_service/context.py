@@ -41,6 +41,9 @@ class HandlerContext:
     #: The tenant's webhook signing secrets in clear, current first (a second one while a
     #: rotation is in progress); ``http`` calls carry a signature made with each.
     signing_secrets: tuple[str, ...] = ()
+    #: Header names whose values were stored as secrets: never sent to another origin than the
+    #: job's URL (a redirect elsewhere drops them, as it drops Authorization and cookies).
+    secret_names: frozenset[str] = frozenset()
 
     def remaining(self) -> float:
         """Seconds left before the deadline (never negative)."""

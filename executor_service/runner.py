@@ -20,7 +20,7 @@ from marshmallow import ValidationError
 from common.core.backoff import after_failure
 from common.core.jobtypes import load_payload
 from common.core.messages import DispatchMessage, UpdateMessage
-from common.core.secrets import Keyring, SecretError, reveal
+from common.core.secrets import Keyring, SecretError, reveal, secret_names
 from common.core.states import JobStatus
 from common.core.store import AttemptKey, ClaimedRow, attempt_key
 from common.infra import clock
@@ -70,6 +70,7 @@ class Run:
     handler: Handler | None = None
     signing_secrets: tuple[str, ...] = ()
     problem: Exception | None = None
+    secret_names: frozenset[str] = frozenset()
 
 
 def _signing_secrets(tenants: Tenants, row: ClaimedRow) -> tuple[str, ...]:
@@ -108,7 +109,8 @@ def prepare(
         log.exception("job %s: cannot prepare attempt %d", message.job_id, message.attempt)
         problem = PermanentFailure(f"cannot prepare the run: {type(exc).__name__}: {exc}")
     else:
-        return Run(row.type, row.tenant, payload, row.timeout_seconds, row.max_retries, handler, signing)
+        return Run(row.type, row.tenant, payload, row.timeout_seconds, row.max_retries, handler, signing,
+                   secret_names=secret_names(row.type, row.payload))
     return Run(row.type, row.tenant, {}, row.timeout_seconds, row.max_retries, problem=problem)
 
 
@@ -216,6 +218,7 @@ class Runner:
             tenant=run.tenant,
             dispatch_token=message.token,
             signing_secrets=run.signing_secrets,
+            secret_names=run.secret_names,
         )
         return await call_handler(
             run.handler, run.payload, context, self.threads, native=run.type in NATIVE_TIMEOUT,

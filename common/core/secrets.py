@@ -115,6 +115,14 @@ def has_secrets(job_type: str, payload: Any) -> bool:
     return _marked(job_type, payload) is not None
 
 
+def secret_names(job_type: str, payload: Any) -> frozenset[str]:
+    """The names (headers, env variables) whose values ``payload`` holds as secrets."""
+    marked = _marked(job_type, payload)
+    if marked is None:
+        return frozenset()
+    return frozenset(key for key, value in marked[1].items() if isinstance(value, Mapping))
+
+
 def _only(value: Mapping[str, Any], key: str) -> str | None:
     """``value[key]`` when ``value`` is exactly ``{key: <string>}``."""
     if len(value) == 1 and isinstance(value.get(key), str):

@@ -182,14 +182,17 @@ async def _send(
 
 
 def _redirected(
-    status: int, method: str, body: bytes, headers: dict[str, str], old: URL, new: URL
+    status: int, method: str, body: bytes, headers: dict[str, str], old: URL, new: URL,
+    secret_names: frozenset[str] = frozenset(),
 ) -> tuple[str, bytes, dict[str, str]]:
-    """The method, body and headers of the request a redirect leads to."""
+    """The method, body and headers of the request a redirect leads to. Leaving the origin
+    drops the credentials: Authorization, cookies, and every header the job marked secret."""
     if status in (301, 302, 303) and method != "HEAD":
         method, body = "GET", b""  # as browsers and requests do; 307 and 308 keep both
         headers = {k: v for k, v in headers.items() if k.lower() != "content-type"}
     if not _keeps_credentials(old, new):
-        headers = {k: v for k, v in headers.items() if k.lower() not in CREDENTIAL_HEADERS}
+        dropped = CREDENTIAL_HEADERS | {name.lower() for name in secret_names}
+        headers = {k: v for k, v in headers.items() if k.lower() not in dropped}
     return method, body, headers
 
 
@@ -230,7 +233,9 @@ async def call(payload: dict[str, Any], context: HandlerContext) -> dict[str, An
                 raise PermanentFailure(f"{where} refused: {exc}") from None
             if answer.redirect is None:
                 break
-            method, body, headers = _redirected(answer.status, method, body, headers, url, answer.redirect)
+            method, body, headers = _redirected(
+                answer.status, method, body, headers, url, answer.redirect, context.secret_names,
+            )
             url = answer.redirect
         else:
             raise HttpFailed(

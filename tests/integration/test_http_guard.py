@@ -129,9 +129,11 @@ def make_context(settings: Settings, timeout: float = 10.0, secrets: tuple[str, 
     )
 
 
-def call(payload: dict[str, Any], settings: Settings, timeout: float = 10.0, secrets: tuple[str, ...] = ()) -> Any:
+def call(payload: dict[str, Any], settings: Settings, timeout: float = 10.0, secrets: tuple[str, ...] = (),
+         secret_names: frozenset[str] = frozenset()) -> Any:
     """``http.call`` on a pooled session of its own, as the executor runs it."""
     context = make_context(settings, timeout, secrets)
+    context.secret_names = secret_names
 
     async def go() -> Any:
         context.http = http.Pool(4)
@@ -185,6 +187,18 @@ def test_redirects_are_followed_hop_by_hop(target: _Server, other: _Server) -> N
     assert (moved["method"], moved["body"]) == ("PUT", b'{"n":2}')
     assert "Authorization" not in moved["headers"] and "Cookie" not in moved["headers"]  # another host
     assert moved["headers"]["X-Custom"] == "kept"
+
+
+def test_a_redirect_to_another_origin_drops_the_headers_marked_secret(target: _Server, other: _Server) -> None:
+    opened = make_settings(http_allow_private=("127.0.0.0/8",))
+    target.redirects["/away"] = (307, f"{other.url}/landing")
+    target.redirects["/here"] = (307, "/ok")
+    headers = {"X-Api-Key": "k-123", "X-Plain": "p"}
+    call({"url": f"{target.url}/here", "headers": headers}, opened, secret_names=frozenset({"X-Api-Key"}))
+    assert target.received[-1]["headers"]["X-Api-Key"] == "k-123"  # same origin: it stays
+    call({"url": f"{target.url}/away", "headers": headers}, opened, secret_names=frozenset({"X-Api-Key"}))
+    (moved,) = other.received
+    assert "X-Api-Key" not in moved["headers"] and moved["headers"]["X-Plain"] == "p"
 
 
 def test_too_many_redirects_fail_the_attempt(target: _Server) -> None:

@@ -300,3 +300,12 @@ def test_real_network_policy_refuses_the_metadata_address_and_unlisted_hosts() -
         "http", {"url": "https://evil.example.net/"}, load_settings({}, http_allowed_hosts=("api.example.com",))
     )
     assert "CHRONOQ_HTTP_ALLOWED_HOSTS" in errors["url"][0]
+
+
+def test_secret_names_lists_the_marked_headers_only() -> None:
+    from common.core.secrets import secret_names
+
+    payload = {"url": "https://x.example", "headers": {"X-Api-Key": {"encrypted": "t"}, "Accept": "text/plain"}}
+    assert secret_names("http", payload) == frozenset({"X-Api-Key"})
+    assert secret_names("http", {"url": "https://x.example"}) == frozenset()
+    assert secret_names("noop", payload) == frozenset()
