@@ -15,12 +15,12 @@ from common.core import store
 from common.infra import clock as wall_clock
 from common.infra.config import Settings
 from common.core.dispatch import DispatchResult, dispatch
-from common.infra.db import session_scope
 from common.infra.errors import BrokerUnavailable, DatabaseUnavailable
 from common.infra.health import HealthCheck
 from common.infra.kafka import Producer
 from common.infra.retry import LOOP, Pacer
 from common.core.windows import dispatch_horizon, next_boundary
+from scheduler_service.maintenance import Maintenance
 
 log = logging.getLogger(__name__)
 
@@ -31,10 +31,6 @@ CLAIMERS = 2
 def next_wake(now: datetime, interval: float, sweep: float, last_sweep: datetime) -> datetime:
     """When the scanner wakes next: the next window boundary, or the next sweep if sooner."""
     return min(next_boundary(now, interval), last_sweep + timedelta(seconds=sweep))
-
-
-#: How often a scanner deletes audit records past their retention.
-AUDIT_PRUNE_EVERY = timedelta(hours=1)
 
 
 class Scanner:
@@ -58,7 +54,6 @@ class Scanner:
         self._down_since: datetime | None = None
         self._grace_until: datetime | None = None
         self._last_ok = self.clock()
-        self._pruned_at: datetime | None = None
 
     @property
     def health(self) -> HealthCheck:
@@ -124,22 +119,6 @@ class Scanner:
             return min(now, self._down_since)
         return now
 
-    def _prune_audit(self, now: datetime) -> None:
-        """Delete audit records past CHRONOQ_AUDIT_RETENTION_DAYS, once an hour (any scanner
-        may do it; a second one in the same hour finds nothing to delete)."""
-        if self._pruned_at is not None and now - self._pruned_at < AUDIT_PRUNE_EVERY:
-            return
-        self._pruned_at = now
-        cutoff = now - timedelta(days=self.settings.audit_retention_days)
-        try:
-            with session_scope(self.settings) as session:
-                deleted = store.prune_audit(session, before=cutoff)
-        except DatabaseUnavailable as exc:
-            log.warning("audit records not pruned: %s", exc)
-            return
-        if deleted:
-            log.info("deleted %d audit records older than %s", deleted, cutoff.isoformat(timespec="seconds"))
-
     def run(self) -> None:
         """Scan at once (overdue jobs run as soon as chronoq is back), then at every window
         boundary and sweep, until ``stop`` is set."""
@@ -152,6 +131,7 @@ class Scanner:
             interval, self.settings.sweep_interval_seconds, self.settings.lease_seconds,
         )
         self._last_ok = last_sweep
+        maintenance = Maintenance(self.settings, self.stop, self.clock).start()
         while not self.stop.is_set():
             now = self.clock()
             started = time.monotonic()
@@ -166,7 +146,6 @@ class Scanner:
                 continue
             self._last_ok = now
             pacer.succeeded()
-            self._prune_audit(now)
             if self._down_since is not None and self._grace_until is None:
                 self._grace_until = now + timedelta(seconds=self.settings.lease_seconds)
                 log.info("database back: leases that ran out since %s count from %s",
@@ -184,5 +163,6 @@ class Scanner:
                 )
             wake = next_wake(self.clock(), interval, self.settings.sweep_interval_seconds, last_sweep)
             self.stop.wait(max(0.0, (wake - self.clock()).total_seconds()))
+        maintenance.join()
         self.producer.close()
         log.info("scanner stopped; %d jobs dispatched in all", self.totals.published)

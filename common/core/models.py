@@ -37,6 +37,7 @@ NAMING = {
 # Statuses the lease sweep looks at; literal SQL so the partial index and the query agree.
 _IN_FLIGHT_SQL = "status IN ('QUEUED', 'RUNNING', 'RETRYING')"
 _SCHEDULED_SQL = "status = 'SCHEDULED'"
+_FINISHED_SQL = "status IN ('SUCCESS', 'FAILED', 'CANCELLED')"
 
 #: The tenant of rows written before tenants existed, and of an API with CHRONOQ_AUTH=off.
 DEFAULT_TENANT = "default"
@@ -111,6 +112,13 @@ class Job(Base):
             "lease_until",
             postgresql_where=text(_IN_FLIGHT_SQL),
             sqlite_where=text(_IN_FLIGHT_SQL),
+        ),
+        # Retention deletes finished jobs oldest first, reading only finished rows.
+        Index(
+            "ix_jobs_finished",
+            "finished_at",
+            postgresql_where=text(_FINISHED_SQL),
+            sqlite_where=text(_FINISHED_SQL),
         ),
         # Listing: keyset pagination on (execute_at, id), optionally by status or type.
         Index("ix_jobs_execute_at_id", "execute_at", "id"),

@@ -695,6 +695,22 @@ def end_attempts(session: Session, messages: list[UpdateMessage], *, lease: floa
     return len(moved) + (apply_updates(session, rest, lease=lease) if rest else 0)
 
 
-def prune_audit(session: Session, *, before: datetime) -> int:
-    """Delete audit records written before ``before``; returns how many."""
-    return session.execute(delete(AuditRecord).where(AuditRecord.at < before)).rowcount or 0
+def prune_audit(session: Session, *, before: datetime, limit: int) -> int:
+    """Delete up to ``limit`` audit records written before ``before``, oldest first; returns
+    how many."""
+    oldest = select(AuditRecord.id).where(AuditRecord.at < before).order_by(AuditRecord.at).limit(limit)
+    return session.execute(delete(AuditRecord).where(AuditRecord.id.in_(oldest))).rowcount or 0
+
+
+def prune_finished(session: Session, *, before: datetime, limit: int) -> int:
+    """Delete up to ``limit`` jobs that finished (SUCCESS, FAILED, CANCELLED) before
+    ``before``, oldest first, with their history (the foreign key cascades); returns how many.
+    Rows another transaction holds are skipped, not waited for."""
+    oldest = (
+        select(Job.id)
+        .where(Job.status.in_(_TERMINAL), Job.finished_at < before)
+        .order_by(Job.finished_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    return session.execute(delete(Job).where(Job.id.in_(oldest))).rowcount or 0

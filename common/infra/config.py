@@ -236,6 +236,11 @@ class Settings:
     local_tenant: str = _opt(
         "LOCAL_TENANT", "default", _name, "Tenant of requests when CHRONOQ_AUTH is off, and of `chronoq up`'s admin key."
     )
+    retention_days: float = _opt(
+        "RETENTION_DAYS", 30.0, _positive(float),
+        "Finished jobs (SUCCESS, FAILED, CANCELLED) and their history are deleted this long after they "
+        "finished, in small batches by the scanner's maintenance thread.",
+    )
     audit_retention_days: float = _opt(
         "AUDIT_RETENTION_DAYS", 90.0, _positive(float), "Audit records older than this are deleted by the scanner."
     )

@@ -356,7 +356,7 @@ def test_old_audit_records_are_pruned(secure: Settings) -> None:
         for days in (100, 10):
             session.add(AuditRecord(at=now - timedelta(days=days), subject="s", action="a", outcome=200))
     with session_scope(secure) as session:
-        assert prune_audit(session, before=now - timedelta(days=90)) == 1
+        assert prune_audit(session, before=now - timedelta(days=90), limit=10) == 1
     with get_engine(secure).connect() as conn:
         assert conn.execute(sa.text("SELECT count(*) FROM audit_log")).scalar() == 1
 
