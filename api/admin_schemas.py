@@ -6,7 +6,7 @@ from typing import Any
 
 from marshmallow import Schema, ValidationError, fields, validate
 
-from common.core.apikeys import check_tenant_name
+from common.core.tenancy import check_tenant_name
 from common.core.roles import ROLE_NAMES
 
 from api.schemas import AwareDateTime, Text, UtcDateTime

@@ -15,8 +15,6 @@ from api.auth import current_principal
 log = logging.getLogger(__name__)
 
 _CHANGES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-#: Views that change nothing although they are POSTs (a preview, say) call ``note(None)``.
-_SKIP = object()
 
 
 def note(action: str | None, target_type: str | None = None, target_id: Any = None, **detail: Any) -> None:
@@ -54,9 +52,8 @@ def install(app: Flask) -> None:
         action, target_type, target_id, detail = g.get("chronoq_audit") or _default_action()
         if action is None:
             return response
-        subject, tenant, role = (caller.subject, caller.tenant, caller.role) if caller else refused
-        if refused is not None and caller is not None:
-            subject, tenant, role = refused
+        # A refusal names who was refused; otherwise the caller acted.
+        subject, tenant, role = refused if refused is not None else (caller.subject, caller.tenant, caller.role)
         rt.audit.record({
             "at": clock.utcnow(), "tenant": tenant, "subject": _text(subject, 200) or "?",
             "role": role.label if role else None, "action": _text(action, 64) or "?", "target_type": target_type,

@@ -32,7 +32,6 @@ class AuditWriter:
         self._rows: list[dict[str, Any]] = []
         self._lock = threading.Lock()
         self._write = threading.Lock()  # one writer at a time: the thread or a flush
-        self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._pid: int | None = None

@@ -11,10 +11,9 @@ from flask_smorest import Blueprint, abort
 
 from common.infra.db import session_scope
 from common.infra.errors import JobNotFound
+from common.core.roles import Role
 from common.core.store import cancel
 from common.core.states import JobStatus
-
-from common.core.roles import Role
 
 from api import queries
 from api.audit import note

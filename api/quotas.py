@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from sqlalchemy import func, select
 
 from common.core.models import Job
+from common.core.secrets import Keyring
 from common.core.states import JobStatus, TERMINAL
 from common.core.tenancy import ensure_tenant
 from common.infra import clock
@@ -38,7 +39,7 @@ class _Tenant:
 class Quotas:
     """The create limits of every tenant, as seen by this process."""
 
-    def __init__(self, settings: Settings, limiter: Limiter, keyring: object) -> None:
+    def __init__(self, settings: Settings, limiter: Limiter, keyring: Keyring | None) -> None:
         self.settings = settings
         self.limiter = limiter
         self.keyring = keyring
@@ -48,7 +49,7 @@ class Quotas:
     def _read(self, tenant: str) -> _Tenant:
         s = self.settings
         with session_scope(s) as session:
-            row = ensure_tenant(session, tenant, self.keyring, now=clock.utcnow())  # type: ignore[arg-type]
+            row = ensure_tenant(session, tenant, self.keyring, now=clock.utcnow())
             pending = session.scalar(
                 select(func.count()).select_from(Job).where(Job.tenant == tenant, Job.status.in_(_UNFINISHED))
             ) or 0

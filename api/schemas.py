@@ -187,9 +187,10 @@ class JobCreateSchema(_SettingsSchema):
         elif not has_at and not has_delay:
             errors["execute_at"] = ["Missing data for required field (or give delay_seconds)."]
         meta = data.get("meta")
-        if meta is not None and payload_size(meta) > self.settings.max_metadata_bytes:
+        meta_size = payload_size(meta) if meta is not None else 0
+        if meta_size > self.settings.max_metadata_bytes:
             limit = self.settings.max_metadata_bytes
-            errors["metadata"] = [f"is {payload_size(meta)} bytes as JSON; the limit is {limit} (CHRONOQ_MAX_METADATA_BYTES)"]
+            errors["metadata"] = [f"is {meta_size} bytes as JSON; the limit is {limit} (CHRONOQ_MAX_METADATA_BYTES)"]
         payload = data.get("payload")
         if payload is not None:
             limit = self.settings.max_payload_bytes

@@ -8,7 +8,7 @@ import logging
 
 import jwt
 
-from common.core.apikeys import check_tenant_name
+from common.core.tenancy import check_tenant_name
 from common.core.roles import highest_role
 from common.infra.config import Settings
 

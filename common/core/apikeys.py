@@ -18,19 +18,10 @@ from sqlalchemy.orm import Session
 from common.core.models import ApiKey
 from common.core.roles import Role
 from common.core.secrets import Keyring
-from common.core.tenancy import ensure_tenant
+from common.core.tenancy import check_tenant_name, ensure_tenant
 
 KEY_PREFIX = "cq_"
 _KEY = re.compile(r"^cq_([A-Za-z0-9]{12})_([A-Za-z0-9_-]{32,64})$")
-TENANT_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
-
-
-def check_tenant_name(name: str) -> str:
-    """``name`` if it is a valid tenant name; ``ValueError`` saying what is allowed otherwise."""
-    if not TENANT_NAME.match(name):
-        raise ValueError("tenant names are 1-64 characters: lower-case letters, digits, '.', '_' and '-', "
-                         "starting with a letter or digit")
-    return name
 
 
 def key_hash(key: str) -> str:
@@ -85,8 +76,8 @@ def list_keys(session: Session, tenant: str | None = None) -> list[ApiKey]:
 
 
 def revoke_key(session: Session, key_id: uuid.UUID, *, now: datetime) -> ApiKey | None:
-    """Revoke the key (at once: the next request with it is a 401); None if there is none.
-    Revoking twice keeps the first time."""
+    """Revoke the key; None if there is none. Revoking twice keeps the first time. API
+    processes that verified it lately go on accepting it for CHRONOQ_KEY_CACHE_SECONDS."""
     row = session.get(ApiKey, key_id)
     if row is None:
         return None

@@ -3,13 +3,13 @@ schemas before storing a job; the executor loads it with the same schemas before
 
 from __future__ import annotations
 
-import fnmatch
 import functools
 import re
 from typing import Any, Callable, Mapping
 
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
+from common.core.netguard import url_problem
 from common.core.secrets import ENCRYPTED, MASK, SECRET
 from common.infra.config import Settings
 
@@ -211,15 +211,6 @@ def enabled_types(settings: Settings) -> set[str]:
     return types
 
 
-def host_allowed(host: str, patterns: tuple[str, ...]) -> bool:
-    """Whether ``host`` matches one of ``patterns`` (fnmatch, case-insensitive); no patterns
-    means any host."""
-    if not patterns:
-        return True
-    host = host.lower().rstrip(".")
-    return any(fnmatch.fnmatchcase(host, pattern.lower()) for pattern in patterns)
-
-
 @functools.cache
 def _schema(cls: type[Schema]) -> Schema:
     # One instance per type: building a schema costs more than loading a small payload with it,
@@ -238,9 +229,6 @@ def load_payload(job_type: str, payload: dict[str, Any], settings: Settings | No
     if settings is None:
         return data
     if job_type == "http":
-        # Imported here: netguard imports this module, and only the API needs it on load.
-        from common.core.netguard import url_problem
-
         problem = url_problem(data["url"], settings)
         if problem:
             raise ValidationError({"url": [problem]})

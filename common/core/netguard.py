@@ -11,6 +11,7 @@ a name that changes its answer in between - DNS rebinding - gains nothing).
 from __future__ import annotations
 
 import concurrent.futures
+import fnmatch
 import functools
 import ipaddress
 import socket
@@ -23,8 +24,6 @@ from urllib.parse import urlsplit
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
 
-# A module import, not a name: jobtypes imports this module in turn (url_problem).
-from common.core import jobtypes
 from common.infra.config import Settings
 from common.infra.errors import ChronoqError, ConfigError
 
@@ -74,6 +73,15 @@ _NAT64 = _n("64:ff9b::/96")
 LOOKUP_TTL = 5.0
 LOOKUP_TIMEOUT = 2.0
 _LOOKUP_CACHE_SIZE = 1024
+
+
+def host_allowed(host: str, patterns: tuple[str, ...]) -> bool:
+    """Whether ``host`` matches one of ``patterns`` (fnmatch, case-insensitive); no patterns
+    means any host."""
+    if not patterns:
+        return True
+    host = host.lower().rstrip(".")
+    return any(fnmatch.fnmatchcase(host, pattern.lower()) for pattern in patterns)
 
 
 class TargetRefused(ChronoqError):
@@ -176,7 +184,7 @@ class Policy:
 
     def host_problem(self, host: str) -> str | None:
         """Why ``host`` is off the allow-list, or None."""
-        if any(jobtypes.host_allowed(name, self.allowed_hosts) for name in _spellings(host)):
+        if any(host_allowed(name, self.allowed_hosts) for name in _spellings(host)):
             return None
         return f"host {host!r} is not allowed (CHRONOQ_HTTP_ALLOWED_HOSTS)"
 

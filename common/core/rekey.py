@@ -11,9 +11,10 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator, Sequence
 
-from sqlalchemy import Text, bindparam, cast, select, update
+from sqlalchemy import Row, Select, Text, bindparam, cast, select, update
+from sqlalchemy.orm import Session
 
 from common.core.models import Job, Tenant
 from common.core.secrets import SECRET_FIELDS, SECRET_KEY_ENV, Keyring, SecretError, reseal, reseal_text
@@ -72,6 +73,26 @@ def rotate_all(settings: Settings, *, log_every: float = 5.0) -> RekeyResult:
     return result
 
 
+def _pages(
+    settings: Settings, candidates: Select[Any], key: Any, what: str, result: RekeyResult, progress: _Progress,
+) -> Iterator[tuple[Session, Sequence[Row[Any]]]]:
+    """Page after page of ``candidates`` in ``key`` order (keyset: each page starts after the
+    last key of the one before), each page with the session of its own transaction, which
+    commits once the caller is done with it; progress is logged as pages go."""
+    last: Any = None
+    scanned = 0
+    while True:
+        with session_scope(settings) as session:
+            rows = session.execute(candidates if last is None else candidates.where(key > last)).all()
+            yield session, rows
+        scanned += len(rows)
+        progress.tick(what, scanned, result)
+        if len(rows) < PAGE_SIZE:
+            break
+        last = rows[-1][0]
+    progress.tick(what, scanned, result, final=True)
+
+
 def _rotate_jobs(settings: Settings, keyring: Keyring, result: RekeyResult, progress: _Progress) -> None:
     table = Job.__table__
     # A text match finds the candidates without decoding every payload; it may over-match
@@ -89,32 +110,21 @@ def _rotate_jobs(settings: Settings, keyring: Keyring, result: RekeyResult, prog
         .where(table.c.id == bindparam("row_id"))
         .values(payload=bindparam("new_payload"), updated_at=table.c.updated_at)
     )
-    last: Any = None
-    scanned = 0
-    while True:
-        with session_scope(settings) as session:
-            query = candidates if last is None else candidates.where(Job.id > last)
-            rows = session.execute(query).all()
-            changes = []
-            for row in rows:
-                try:
-                    payload, count = reseal(row.type, row.payload, keyring)
-                except SecretError as exc:
-                    result.unreadable += 1
-                    log.warning("secrets rotate: job %s left unchanged: %s", row.id, exc)
-                    continue
-                if count:
-                    changes.append({"row_id": row.id, "new_payload": payload})
-                    result.values += count
-            if changes:
-                session.connection().execute(write, changes)
-                result.jobs += len(changes)
-        scanned += len(rows)
-        progress.tick("jobs", scanned, result)
-        if len(rows) < PAGE_SIZE:
-            break
-        last = rows[-1].id
-    progress.tick("jobs", scanned, result, final=True)
+    for session, rows in _pages(settings, candidates, Job.id, "jobs", result, progress):
+        changes = []
+        for row in rows:
+            try:
+                payload, count = reseal(row.type, row.payload, keyring)
+            except SecretError as exc:
+                result.unreadable += 1
+                log.warning("secrets rotate: job %s left unchanged: %s", row.id, exc)
+                continue
+            if count:
+                changes.append({"row_id": row.id, "new_payload": payload})
+                result.values += count
+        if changes:
+            session.connection().execute(write, changes)
+            result.jobs += len(changes)
 
 
 def _rotate_tenants(settings: Settings, keyring: Keyring, result: RekeyResult, progress: _Progress) -> None:
@@ -135,30 +145,19 @@ def _rotate_tenants(settings: Settings, keyring: Keyring, result: RekeyResult, p
         )
         .values(signing_secret=bindparam("new_current"), previous_signing_secret=bindparam("new_previous"))
     )
-    last: str | None = None
-    scanned = 0
-    while True:
-        with session_scope(settings) as session:
-            query = candidates if last is None else candidates.where(Tenant.name > last)
-            rows = session.execute(query).all()
-            for row in rows:
-                try:
-                    current = reseal_text(row.signing_secret, keyring)
-                    old_previous = row.previous_signing_secret
-                    previous = reseal_text(old_previous, keyring) if old_previous else None
-                except SecretError as exc:
-                    result.unreadable += 1
-                    log.warning("secrets rotate: tenant %r left unchanged: %s", row.name, exc)
-                    continue
-                # One statement per tenant (there are few): its row count says whether it won.
-                done = session.connection().execute(write, {
-                    "row_name": row.name, "old_current": row.signing_secret,
-                    "old_previous": row.previous_signing_secret, "new_current": current, "new_previous": previous,
-                })
-                result.tenants += done.rowcount
-        scanned += len(rows)
-        progress.tick("tenants", scanned, result)
-        if len(rows) < PAGE_SIZE:
-            break
-        last = rows[-1].name
-    progress.tick("tenants", scanned, result, final=True)
+    for session, rows in _pages(settings, candidates, Tenant.name, "tenants", result, progress):
+        for row in rows:
+            try:
+                current = reseal_text(row.signing_secret, keyring)
+                old_previous = row.previous_signing_secret
+                previous = reseal_text(old_previous, keyring) if old_previous else None
+            except SecretError as exc:
+                result.unreadable += 1
+                log.warning("secrets rotate: tenant %r left unchanged: %s", row.name, exc)
+                continue
+            # One statement per tenant (there are few): its row count says whether it won.
+            done = session.connection().execute(write, {
+                "row_name": row.name, "old_current": row.signing_secret,
+                "old_previous": row.previous_signing_secret, "new_current": current, "new_previous": previous,
+            })
+            result.tenants += done.rowcount

@@ -3,6 +3,7 @@ with their secrets in clear for the executors that sign deliveries."""
 
 from __future__ import annotations
 
+import re
 import secrets as random
 from datetime import datetime
 
@@ -15,6 +16,15 @@ from common.core.secrets import Keyring, open_text, seal_text
 
 #: Bytes of randomness in a new signing secret.
 SECRET_BYTES = 32
+TENANT_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+
+
+def check_tenant_name(name: str) -> str:
+    """``name`` if it is a valid tenant name; ``ValueError`` saying what is allowed otherwise."""
+    if not TENANT_NAME.match(name):
+        raise ValueError("tenant names are 1-64 characters: lower-case letters, digits, '.', '_' and '-', "
+                         "starting with a letter or digit")
+    return name
 
 
 def new_signing_secret() -> str:

@@ -48,7 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--name", required=True, help="what the key is for")
     listing = keys.add_parser("list", help="list keys (never their secrets)")
     listing.add_argument("--tenant", help="only this tenant's keys")
-    revoke = keys.add_parser("revoke", help="revoke a key by its id: it stops working at once")
+    revoke = keys.add_parser(
+        "revoke", help="revoke a key by its id: it stops working within CHRONOQ_KEY_CACHE_SECONDS (2 s)"
+    )
     revoke.add_argument("key_id")
     secrets = sub.add_parser("secrets", help="encryption keys of stored secrets").add_subparsers(dest="action", required=True)
     secrets.add_parser("new-key", help="print a new Fernet key for CHRONOQ_SECRET_KEY")

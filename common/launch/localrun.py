@@ -159,9 +159,10 @@ def local_admin_key(settings: Settings, home_dir: Path) -> tuple[str, bool]:
     when the database no longer knows it). Returns the key and whether it is new."""
     path = home_dir / "admin.key"
     keyring = Keyring.from_settings(settings)
+    kept = path.read_text().strip() if path.exists() else ""
     with session_scope(settings) as session:
-        if path.exists() and apikeys.find_key(session, path.read_text().strip()) is not None:
-            return path.read_text().strip(), False
+        if kept and apikeys.find_key(session, kept) is not None:
+            return kept, False
         made = apikeys.create_key(session, tenant=settings.local_tenant, role=Role.ADMIN, name="chronoq up",
                                   created_by="chronoq up", keyring=keyring, now=clock.utcnow())
     path.unlink(missing_ok=True)

@@ -19,13 +19,10 @@ from aiohttp.http_exceptions import HttpProcessingError
 from yarl import URL
 
 from common.core import signing
-from common.core.jobtypes import host_allowed
 from common.core.netguard import GuardedResolver, Policy, TargetRefused
 from common.infra.errors import ChronoqError, JobTimeout
 
 from executor_service.context import HandlerContext, PermanentFailure
-
-__all__ = ["HttpFailed", "Pool", "call", "host_allowed", "NO_RESPONSE"]
 
 #: The one error text of every failure before a response arrives (unless detailed errors are
 #: on): refused, reset, timed out and unresolvable must look alike, or jobs could map ports.

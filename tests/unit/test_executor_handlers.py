@@ -15,6 +15,7 @@ from typing import Any, Iterator
 
 import pytest
 
+from common.core import netguard
 from common.infra.config import Settings, load_settings
 from common.infra.errors import JobTimeout, JobTypeError
 from executor_service.context import HandlerContext, PermanentFailure
@@ -157,10 +158,10 @@ def test_http_allow_list_refuses_other_hosts(server: str) -> None:
     with pytest.raises(PermanentFailure, match=r"'127.0.0.1' is not allowed \(CHRONOQ_HTTP_ALLOWED_HOSTS\)"):
         run("http", {"url": f"{server}/ok"}, settings)
     assert _Server.received == []  # refused before any request
-    assert http.host_allowed("api.EXAMPLE.com", settings.http_allowed_hosts)
-    assert not http.host_allowed("example.com", settings.http_allowed_hosts)
-    assert not http.host_allowed("evil.com", settings.http_allowed_hosts)
-    assert http.host_allowed("anything", ())
+    assert netguard.host_allowed("api.EXAMPLE.com", settings.http_allowed_hosts)
+    assert not netguard.host_allowed("example.com", settings.http_allowed_hosts)
+    assert not netguard.host_allowed("evil.com", settings.http_allowed_hosts)
+    assert netguard.host_allowed("anything", ())
 
 
 def test_http_obeys_the_timeout(server: str, settings: Settings) -> None:

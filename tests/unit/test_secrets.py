@@ -274,7 +274,7 @@ def test_executor_loads_a_revealed_payload() -> None:
 
 
 def test_url_problem_is_asked_with_settings_and_its_answer_lands_on_url(monkeypatch: pytest.MonkeyPatch) -> None:
-    from common.core import jobtypes, netguard
+    from common.core import jobtypes
 
     calls: list[tuple] = []
 
@@ -282,7 +282,7 @@ def test_url_problem_is_asked_with_settings_and_its_answer_lands_on_url(monkeypa
         calls.append((url, settings, resolve))
         return "host 'evil.example' resolves to a loopback address" if "evil" in url else None
 
-    monkeypatch.setattr(netguard, "url_problem", fake)
+    monkeypatch.setattr(jobtypes, "url_problem", fake)  # where load_payload looks it up
     settings = load_settings({})
     assert jobtypes.load_payload("http", {"url": "https://good.example/x"}, settings)["url"] == "https://good.example/x"
     errors = load_errors("http", {"url": "https://evil.example/x"}, settings)
