@@ -14,7 +14,6 @@ from typing import Any, Callable, Mapping
 from common.infra.errors import ConfigError
 
 PREFIX = "CHRONOQ_"
-KAFKA_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 
 
 def _bool(raw: str) -> bool:
@@ -377,11 +376,6 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) ->
     settings = Settings(**values)
     if not 0 <= settings.default_max_retries <= 10:
         raise ConfigError(f"{PREFIX}DEFAULT_MAX_RETRIES: must be 0-10, got {settings.default_max_retries}")
-    if settings.kafka_security_protocol.upper() not in KAFKA_PROTOCOLS:
-        raise ConfigError(
-            f"{PREFIX}KAFKA_SECURITY_PROTOCOL: must be one of {', '.join(KAFKA_PROTOCOLS)}, "
-            f"got {settings.kafka_security_protocol!r}"
-        )
     if settings.jwt_issuer and not (settings.jwt_jwks_url or settings.jwt_secret):
         raise ConfigError(f"{PREFIX}JWT_ISSUER is set: give {PREFIX}JWT_JWKS_URL or {PREFIX}JWT_SECRET too")
     if not 1 <= settings.tenant_max_batch_jobs <= 10_000:

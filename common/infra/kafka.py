@@ -16,7 +16,7 @@ from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError, UnknownProducerIdError
 from kafka.partitioner.default import murmur2
 
-from common.infra.config import KAFKA_PROTOCOLS, PREFIX, Settings
+from common.infra.config import PREFIX, Settings
 from common.infra.errors import BrokerUnavailable, ConfigError
 from common.infra.deadletter import DeadLetter
 
@@ -29,6 +29,10 @@ BrokerError = KafkaError
 #: Seconds a producer waits after failing to reach the broker before it tries again.
 RECONNECT_COOLDOWN = 5.0
 
+
+#: Values of CHRONOQ_KAFKA_SECURITY_PROTOCOL (checked at every service's start by
+#: :func:`common.infra.lifecycle.load_or_exit`, through :func:`security_options`).
+KAFKA_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 
 #: SASL mechanisms chronoq configures: each takes a user name and a password. (GSSAPI and
 #: OAUTHBEARER need settings chronoq does not have.)

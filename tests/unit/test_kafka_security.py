@@ -135,7 +135,7 @@ def test_key_without_its_certificate_is_refused(pem: Path) -> None:
 
 
 def test_unknown_protocol_in_settings_built_directly_is_refused() -> None:
-    # load_settings checks this too; Settings(...) built in code does not go through it.
+    # Settings(...) built in code, as load_settings builds them: security_options is the check.
     with pytest.raises(ConfigError, match=r"^CHRONOQ_KAFKA_SECURITY_PROTOCOL:"):
         security_options(Settings(kafka_security_protocol="TLS"))
 
