@@ -61,7 +61,7 @@ class KeyQuerySchema(Schema):
 class TenantLimitsSchema(Schema):
     """A tenant's own limits; null (or absent) means the deployment's default."""
 
-    max_pending_jobs = fields.Integer(allow_none=True, validate=validate.Range(min=1))
+    max_pending_jobs = fields.Integer(allow_none=True, validate=validate.Range(min=1, max=2**31 - 1))
     creates_per_second = fields.Float(allow_none=True, validate=validate.Range(min=0, min_inclusive=False))
     max_batch_jobs = fields.Integer(allow_none=True, validate=validate.Range(min=1, max=10_000))
 

@@ -8,7 +8,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 import common
 from common.infra.config import Settings, load_settings
 
-from api import admin, audit, auth, health, jobs, publish
+from api import admin, audit, auth, control, health, jobs, publish, schedules
 from api.context import EXTENSION, Runtime, runtime
 from api.encoding import OrjsonProvider
 from api.errors import ChronoqApi, register_error_handlers
@@ -52,6 +52,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     auth.install(app)
     audit.install(app)
     api.register_blueprint(jobs.blp)
+    api.register_blueprint(control.blp)
+    api.register_blueprint(schedules.blp)
     api.register_blueprint(admin.keys)
     api.register_blueprint(admin.tenants)
     api.register_blueprint(admin.audit)

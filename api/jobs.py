@@ -7,7 +7,7 @@ from typing import Any
 
 from flask import jsonify, request, url_for
 from flask.views import MethodView
-from flask_smorest import Blueprint, abort
+from flask_smorest import abort
 
 from common.infra.db import session_scope
 from common.infra.errors import JobNotFound
@@ -21,7 +21,7 @@ from api.auth import principal, requires
 from api.context import request_now, runtime
 from api.create import create_batch, create_job, request_hash
 from api.errors import JobNotCancellable
-from api.parsing import JsonParser
+from api.parsing import json_blueprint
 from api.schemas import (
     AttemptListSchema,
     Cursor,
@@ -36,19 +36,10 @@ from api.schemas import (
     StatsSchema,
 )
 
-blp = Blueprint("jobs", __name__, url_prefix="/api/jobs", description="Create, list, inspect and cancel jobs.")
-blp.ARGUMENTS_PARSER = JsonParser()  # before the views below: @blp.arguments reads it
+blp = json_blueprint("jobs", __name__, url_prefix="/api/jobs", description="Create, list, inspect and cancel jobs.")
 
 
-@blp.before_request
-def _require_json_body() -> None:
-    # Without this a form or text body would be read as "no body" and answered with a list
-    # of missing fields, which hides the real mistake.
-    if request.method in ("POST", "PUT", "PATCH") and request.content_length and not request.is_json:
-        abort(415, message="Send the request body as JSON (Content-Type: application/json).")
-
-
-def _job_id(raw: str) -> uuid.UUID:
+def job_id_of(raw: str) -> uuid.UUID:
     """A path id; one that is not a UUID names no job, so it is a 404 like any unknown id."""
     try:
         return uuid.UUID(raw)
@@ -82,6 +73,7 @@ class JobsView(MethodView):
         Admins see every tenant's jobs (``tenant`` narrows the list); others only their own.
         """
         scope = principal().tenant_scope
+        where["metadata"] = tuple(where.get("metadata") or ())
         filters = queries.JobFilter(tenant=scope if scope is not None else tenant, statuses=tuple(status or ()), **where)
         with session_scope(runtime().settings) as session:
             items, next_cursor = queries.list_jobs(session, filters, limit=limit, after=cursor)
@@ -166,7 +158,7 @@ class JobView(MethodView):
     def get(self, job_id: str) -> Any:
         """Get one job."""
         with session_scope(runtime().settings) as session:
-            return queries.get_job(session, _job_id(job_id), principal().tenant_scope)
+            return queries.get_job(session, job_id_of(job_id), principal().tenant_scope)
 
     @requires(Role.WRITER)
     @blp.response(200, JobSchema)
@@ -181,7 +173,7 @@ class JobView(MethodView):
         before, rather than silently succeeding).
         """
         note("jobs.cancel", "job", job_id)
-        uid = _job_id(job_id)
+        uid = job_id_of(job_id)
         scope = principal().tenant_scope
         with session_scope(runtime().settings) as session:
             result = cancel(session, uid, now=request_now(), tenant=scope)
@@ -207,4 +199,4 @@ class JobAttemptsView(MethodView):
     def get(self, job_id: str) -> dict[str, Any]:
         """The job's attempts in order: start, end, outcome, output, error, executor."""
         with session_scope(runtime().settings) as session:
-            return {"items": queries.list_attempts(session, _job_id(job_id), principal().tenant_scope)}
+            return {"items": queries.list_attempts(session, job_id_of(job_id), principal().tenant_scope)}

@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 from typing import Any, NoReturn
 
-from flask import Request
+from flask import Request, request
+from flask_smorest import Blueprint
+from flask_smorest import abort as http_abort
 from webargs import core
 from webargs.flaskparser import FlaskParser, abort, is_json_request
 
@@ -43,3 +45,18 @@ class JsonParser(FlaskParser):
             _invalid("it is nested too deeply")
         except ValueError:
             _invalid("a number has too many digits")
+
+
+def json_blueprint(name: str, import_name: str, **kwargs: Any) -> Blueprint:
+    """A flask-smorest blueprint whose bodies are read by :class:`JsonParser` and that answers
+    415 to a body that is not JSON: otherwise a form or text body would be read as "no body"
+    and answered with a list of missing fields, which hides the real mistake."""
+    blp = Blueprint(name, import_name, **kwargs)
+    blp.ARGUMENTS_PARSER = JsonParser()  # before the views: @blp.arguments reads it
+
+    @blp.before_request
+    def _require_json_body() -> None:
+        if request.method in ("POST", "PUT", "PATCH") and request.content_length and not request.is_json:
+            http_abort(415, message="Send the request body as JSON (Content-Type: application/json).")
+
+    return blp

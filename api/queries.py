@@ -26,6 +26,8 @@ class JobFilter:
     name: str | None = None
     execute_after: datetime | None = None
     execute_before: datetime | None = None
+    schedule_id: uuid.UUID | None = None
+    metadata: tuple[tuple[str, str], ...] = ()
 
 
 def get_job(session: Session, job_id: uuid.UUID, tenant: str | None = None) -> Job:
@@ -55,6 +57,11 @@ def list_jobs(
         query = query.where(Job.execute_at >= where.execute_after)
     if where.execute_before is not None:
         query = query.where(Job.execute_at < where.execute_before)
+    if where.schedule_id is not None:
+        query = query.where(Job.schedule_id == where.schedule_id)
+    for key, value in where.metadata:
+        # ->> on PostgreSQL, json_extract on SQLite: the value compared as text.
+        query = query.where(Job.meta[key].as_string() == value)
     if after is not None:
         # A row comparison, which PostgreSQL turns into an index range on (…, execute_at, id).
         query = query.where(tuple_(Job.execute_at, Job.id) > tuple_(after.execute_at, after.id))

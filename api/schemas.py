@@ -107,6 +107,20 @@ class AwareDateTime(fields.AwareDateTime):
             raise self.make_error("invalid", input=value, obj_type=self.OBJ_TYPE) from None
 
 
+def too_big(value: Any, limit: int, setting: str) -> str | None:
+    """Why ``value`` is too large as JSON for ``limit`` bytes (the setting that sets it), or None."""
+    size = payload_size(value) if value is not None else 0
+    return f"is {size} bytes as JSON; the limit is {limit} ({setting})" if size > limit else None
+
+
+def resolve_delay(data: dict[str, Any]) -> dict[str, Any]:
+    """``delay_seconds`` in ``data`` turned into ``execute_at`` (from the request's now)."""
+    delay = data.pop("delay_seconds", None)
+    if delay is not None:
+        data["execute_at"] = request_now() + timedelta(seconds=delay)
+    return data
+
+
 class _SettingsSchema(Schema):
     """A schema whose rules read the deployment's settings."""
 
@@ -121,6 +135,9 @@ class _SettingsSchema(Schema):
 
 class JobCreateSchema(_SettingsSchema):
     """A job to create. Give exactly one of ``execute_at`` and ``delay_seconds``."""
+
+    #: Whether a time is required (a schedule's job template has none: its schedule times it).
+    TIMED = True
 
     name = Text(required=True, validate=validate.Length(min=1, max=200))
     type = Text(
@@ -181,22 +198,21 @@ class JobCreateSchema(_SettingsSchema):
         # Presence in the input, not in ``data``: an invalid value is reported by its field
         # and must not also count as missing.
         has_at, has_delay = "execute_at" in original, "delay_seconds" in original
-        if has_at and has_delay:
+        if not self.TIMED:
+            pass
+        elif has_at and has_delay:
             message = "give either execute_at or delay_seconds, not both"
             errors.update(execute_at=[message], delay_seconds=[message])
         elif not has_at and not has_delay:
             errors["execute_at"] = ["Missing data for required field (or give delay_seconds)."]
-        meta = data.get("meta")
-        meta_size = payload_size(meta) if meta is not None else 0
-        if meta_size > self.settings.max_metadata_bytes:
-            limit = self.settings.max_metadata_bytes
-            errors["metadata"] = [f"is {meta_size} bytes as JSON; the limit is {limit} (CHRONOQ_MAX_METADATA_BYTES)"]
+        big_meta = too_big(data.get("meta"), self.settings.max_metadata_bytes, "CHRONOQ_MAX_METADATA_BYTES")
+        if big_meta:
+            errors["metadata"] = [big_meta]
         payload = data.get("payload")
         if payload is not None:
-            limit = self.settings.max_payload_bytes
-            size = payload_size(payload)
-            if size > limit:
-                errors["payload"] = [f"is {size} bytes as JSON; the limit is {limit} (CHRONOQ_MAX_PAYLOAD_BYTES)"]
+            big_payload = too_big(payload, self.settings.max_payload_bytes, "CHRONOQ_MAX_PAYLOAD_BYTES")
+            if big_payload:
+                errors["payload"] = [big_payload]
             elif "type" in data:
                 try:
                     load_payload(data["type"], payload, self.settings)
@@ -207,9 +223,7 @@ class JobCreateSchema(_SettingsSchema):
 
     @post_load
     def _resolve(self, data: dict[str, Any], **_: Any) -> dict[str, Any]:
-        delay = data.pop("delay_seconds", None)
-        if delay is not None:
-            data["execute_at"] = request_now() + timedelta(seconds=delay)
+        resolve_delay(data)
         data.setdefault("max_retries", self.settings.default_max_retries)
         data.setdefault("timeout_seconds", self.settings.default_timeout_seconds)
         if has_secrets(data["type"], data["payload"]):
@@ -219,6 +233,15 @@ class JobCreateSchema(_SettingsSchema):
             except ValidationError as exc:
                 raise ValidationError({"payload": exc.messages}) from None
         return data
+
+
+class JobTemplateSchema(JobCreateSchema):
+    """What each occurrence of a schedule is: the fields of a job, without a time."""
+
+    TIMED = False
+
+    class Meta:
+        exclude = ("execute_at", "delay_seconds")
 
 
 class IdempotencyHeaderSchema(Schema):
@@ -309,6 +332,23 @@ class StatusList(fields.List):
         return super()._deserialize([part for part in split if part], attr, data, **kwargs)
 
 
+class MetadataFilter(fields.List):
+    """``key=value`` pairs that a job's metadata must hold (repeat for several: all must)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(Text(validate=validate.Length(min=3, max=400)), **kwargs)
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> list[tuple[str, str]]:
+        items = super()._deserialize(value if isinstance(value, list) else [value], attr, data, **kwargs)
+        pairs = []
+        for item in items:
+            key, sep, wanted = item.partition("=")
+            if not sep or not key:
+                raise ValidationError(f"{item!r} is not key=value (e.g. metadata=team=payments)")
+            pairs.append((key, wanted))
+        return pairs
+
+
 @dataclass(frozen=True)
 class Cursor:
     """Where a page ended: the (execute_at, id) of its last job."""
@@ -348,6 +388,9 @@ class JobQuerySchema(Schema):
     execute_after = AwareDateTime(metadata={"description": "Only jobs due at or after this time."})
     execute_before = AwareDateTime(metadata={"description": "Only jobs due before this time."})
     tenant = Text(metadata={"description": "Only this tenant's jobs (admins; others always see only their own)."})
+    schedule_id = fields.UUID(metadata={"description": "Only the occurrences of this schedule."})
+    metadata_ = MetadataFilter(data_key="metadata", attribute="metadata", metadata={
+        "description": "Only jobs whose metadata has key=value, as text (repeat: all must hold)."})
     limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=500))
     cursor = CursorField(metadata={"description": "next_cursor of the previous page."})
 
@@ -384,6 +427,12 @@ class JobSchema(Schema):
     output = fields.Raw(allow_none=True)
     error = fields.String(allow_none=True)
     executor = fields.String(allow_none=True)
+    schedule_id = fields.UUID(allow_none=True, metadata={"description": "The schedule this job is an occurrence of."})
+    scheduled_for = UtcDateTime(allow_none=True, metadata={
+        "description": "The occurrence's fire time as its schedule names it (before jitter or catch-up)."})
+    original_execute_at = UtcDateTime(allow_none=True, metadata={
+        "description": "execute_at before a trigger or an update moved it."})
+    runs = fields.Integer(metadata={"description": "How many times the job was run: 1, plus one per rerun."})
 
 
 class JobPageSchema(Schema):

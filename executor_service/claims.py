@@ -1,8 +1,8 @@
 """Start claims, taken in batches shortly before the attempts are due.
 
-Each waiting attempt sits in a heap by due time. When the first one is due within half of
-``claim_ahead`` seconds, a task on the event loop takes every attempt due within
-``claim_ahead`` and claims them all with one statement
+Each waiting attempt sits in a heap by due time, then priority (highest first). When the first
+one is due within half of ``claim_ahead`` seconds, a task on the event loop takes every attempt
+due within ``claim_ahead`` and claims them all with one statement
 (:func:`common.core.store.claim_starts`) on a database thread, so that at the fire instant the
 answer is already there and the loop never waits on the database. An attempt already past its
 misfire grace when its turn comes is failed as missed instead of claimed.
@@ -66,7 +66,10 @@ def missed(message: DispatchMessage, now: datetime) -> str | None:
 
 
 class _Waiting:
-    """A heap entry: an attempt by due time (smaller than a tuple with a tie-breaker)."""
+    """A heap entry: an attempt by due time, and of those due at the same instant the higher
+    priority first (smaller than a tuple with a tie-breaker). So a batch is claimed, and its
+    answers handed to the waiting fires, in that order, and a batch cut at ``BATCH_MAX``
+    leaves the lower priorities for the next statement."""
 
     __slots__ = ("at", "message")
 
@@ -75,7 +78,7 @@ class _Waiting:
         self.message = message
 
     def __lt__(self, other: "_Waiting") -> bool:
-        return self.at < other.at
+        return self.at < other.at or (self.at == other.at and self.message.priority > other.message.priority)
 
 
 class Claims(Generic[R]):

@@ -71,6 +71,8 @@ class Run:
     signing_secrets: tuple[str, ...] = ()
     problem: Exception | None = None
     secret_names: frozenset[str] = frozenset()
+    #: Attempts of the job's earlier runs (reruns): its retries are counted from here.
+    attempt_base: int = 0
 
 
 def _signing_secrets(tenants: Tenants, row: ClaimedRow) -> tuple[str, ...]:
@@ -110,8 +112,9 @@ def prepare(
         problem = PermanentFailure(f"cannot prepare the run: {type(exc).__name__}: {exc}")
     else:
         return Run(row.type, row.tenant, payload, row.timeout_seconds, row.max_retries, handler, signing,
-                   secret_names=secret_names(row.type, row.payload))
-    return Run(row.type, row.tenant, {}, row.timeout_seconds, row.max_retries, problem=problem)
+                   secret_names=secret_names(row.type, row.payload), attempt_base=row.attempt_base)
+    return Run(row.type, row.tenant, {}, row.timeout_seconds, row.max_retries, problem=problem,
+               attempt_base=row.attempt_base)
 
 
 async def fire(runner: "Runner", message: DispatchMessage) -> None:
@@ -222,6 +225,8 @@ class Runner:
         )
         return await call_handler(
             run.handler, run.payload, context, self.threads, native=run.type in NATIVE_TIMEOUT,
+            # Waiting for a handler thread: the earliest due first, then the highest priority.
+            order=(message.execute_at, -message.priority),
         )
 
     def _succeeded(self, message: DispatchMessage, started_at: datetime, output: Any) -> None:
@@ -240,7 +245,7 @@ class Runner:
         finished = clock.utcnow()
         error = short_error(exc)
         decision = after_failure(
-            message.attempt, run.max_retries,
+            message.attempt - run.attempt_base, run.max_retries,
             permanent=isinstance(exc, (PermanentFailure, JobTypeError)),
             failed_at=finished,
             base=self.settings.retry_backoff_seconds,

@@ -42,7 +42,7 @@ from executor_service.outcomes import Outcomes
 from executor_service.runner import FIRE, Run, Runner, prepare, received
 from executor_service.stats import Counters
 from executor_service.tenants import Tenants
-from executor_service.timer import Timer
+from executor_service.timer import Timer, job_id
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,9 @@ def _settle_garbage_collector() -> None:
 
 
 def _apscheduler_id(message: DispatchMessage) -> str:
-    return f"{message.job_id}:{message.token}:{message.attempt}"
+    """The attempt's id in the scheduler: of attempts due at the same instant, those of higher
+    priority fire first (:func:`~executor_service.timer.job_id`)."""
+    return job_id(f"{message.job_id}:{message.token}:{message.attempt}", message.priority)
 
 
 class Executor:

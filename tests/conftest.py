@@ -87,7 +87,7 @@ def settings(pg_url: str) -> Iterator[Settings]:
     """Settings on the test database, emptied before each test."""
     result = load_settings({}, database_url=pg_url, **TEST_SETTINGS)
     with get_engine(result).begin() as conn:
-        conn.execute(sa.text("TRUNCATE job_attempts, jobs, api_keys, tenants, audit_log"))
+        conn.execute(sa.text("TRUNCATE job_attempts, jobs, schedules, api_keys, tenants, audit_log"))
     yield result
 
 

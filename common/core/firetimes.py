@@ -190,14 +190,20 @@ def _nominal(timing: Timing, tz: ZoneInfo, after: datetime) -> Iterator[tuple[da
     walk = croniter(timing.cron, local_start, second_at_beginning=six)
     horizon = after + HORIZON
     seen: set[datetime] = set()
+    skipped: str | None = None  # a time the gap policy skipped, told with the next fire time
     while True:
         try:
             local = walk.get_next(datetime)
         except CroniterBadDateError:
             return
-        for instant, note in place(local, tz, timing.dst_gap, timing.dst_fold):
+        placed = place(local, tz, timing.dst_gap, timing.dst_fold)
+        if not placed and local.replace(tzinfo=tz).astimezone(UTC) > after:
+            skipped = f"{local:%Y-%m-%d %H:%M:%S} does not exist in {tz.key} (DST): skipped"
+        for instant, note in placed:
             if instant > after and instant not in seen:
                 seen.add(instant)
+                if skipped:
+                    note, skipped = (f"{skipped}; {note}" if note else skipped), None
                 yield instant, note
         if local.replace(tzinfo=tz).astimezone(UTC) > horizon:
             return
@@ -210,11 +216,13 @@ def next_fire(timing: Timing, after: datetime) -> FireTime | None:
 
 def missed(
     timing: Timing, last: datetime | None, now: datetime, policy: Catchup, *, limit: int, per_second: float,
+    run_from: datetime | None = None,
 ) -> list[FireTime]:
     """The occurrences after ``last`` (the nominal time of the newest occurrence made; None: the
     schedule has made none) that fell due before ``now`` while nothing made them, as the
     ``policy`` wants them run: none, the latest, or every one (at most ``limit``, the newest
-    kept) spread from ``now`` at ``per_second``. Their ``at`` is when each runs now."""
+    kept) spread from ``run_from`` (default ``now``) at ``per_second``. Their ``at`` is when
+    each runs now."""
     if policy is Catchup.SKIP or last is None:
         return []
     # Only the newest few are kept while walking: an outage may have missed very many.
@@ -223,8 +231,9 @@ def missed(
         return []
     tz = zone(timing.timezone)
     spread = timedelta(seconds=1 / per_second) if per_second > 0 else timedelta(0)
+    start = run_from or now
     return [
-        FireTime(f.nominal, now + i * spread, (now + i * spread).astimezone(tz),
+        FireTime(f.nominal, start + i * spread, (start + i * spread).astimezone(tz),
                  f"missed at {f.at.isoformat(timespec='seconds')}: caught up ({policy.value})")
         for i, f in enumerate(due)
     ]

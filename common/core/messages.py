@@ -48,6 +48,8 @@ class DispatchMessage:
     key_attempt: int | None = None
     #: The job's tenant: the start claim matches only a row of this tenant.
     tenant: str = DEFAULT_TENANT
+    #: Of attempts due at the same instant, an executor starts those of higher priority first.
+    priority: int = 0
 
     @property
     def key(self) -> bytes:
@@ -150,6 +152,8 @@ class _DispatchSchema(Schema):
     key_attempt = _Int(load_default=None, allow_none=True, validate=validate.Range(min=1, max=_INT))
     # Optional: a dispatch written before tenants existed belongs to the default tenant.
     tenant = _Text(load_default=DEFAULT_TENANT, validate=validate.Length(min=1, max=64))
+    # Optional: a dispatch written before priorities travelled has the default one.
+    priority = _Int(load_default=0, validate=validate.Range(min=-_INT - 1, max=_INT))  # the column's INTEGER
 
 
 class _UpdateSchema(Schema):

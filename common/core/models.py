@@ -1,4 +1,4 @@
-"""The database schema: jobs and their attempt history. Migrations in ``common/core/migrations``
+"""The database schema: jobs, their attempt history, schedules, tenants, keys and audit. Migrations in ``common/core/migrations``
 create exactly this; a test compares the two."""
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     DateTime,
     Float,
     ForeignKey,
@@ -37,7 +38,7 @@ NAMING = {
 # Statuses the lease sweep looks at; literal SQL so the partial index and the query agree.
 _IN_FLIGHT_SQL = "status IN ('QUEUED', 'RUNNING', 'RETRYING')"
 _SCHEDULED_SQL = "status = 'SCHEDULED'"
-_FINISHED_SQL = "status IN ('SUCCESS', 'FAILED', 'CANCELLED')"
+_FINISHED_SQL = "status IN ('SUCCESS', 'FAILED', 'CANCELLED', 'SKIPPED')"
 
 #: The tenant of rows written before tenants existed, and of an API with CHRONOQ_AUTH=off.
 DEFAULT_TENANT = "default"
@@ -91,6 +92,22 @@ class Job(Base):
     output: Mapped[Any | None] = mapped_column(JSON, nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     executor: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    #: The schedule this job is an occurrence of, and the occurrence's nominal fire time (before
+    #: jitter and catch-up): (schedule_id, scheduled_for) is unique, so however many scanners
+    #: make occurrences, each is made once.
+    schedule_id: Mapped[uuid.UUID | None] = mapped_column(
+        Uuid, ForeignKey("schedules.id", ondelete="SET NULL"), nullable=True
+    )
+    scheduled_for: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
+    #: The schedule's overlap policy, copied into its occurrences so the start claim reads it
+    #: without a join (null: one-off jobs and ``allow``).
+    overlap: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    #: ``execute_at`` before a trigger or a PATCH moved it.
+    original_execute_at: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
+    #: Attempts made by earlier runs (a rerun starts a new run after them): retries count from it.
+    attempt_base: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    #: How many times the job was run (1, plus one per rerun).
+    runs: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
 
     history: Mapped[list["JobAttempt"]] = relationship(
         back_populates="job", order_by="JobAttempt.attempt", cascade="all, delete-orphan", passive_deletes=True
@@ -129,6 +146,49 @@ class Job(Base):
         Index("ix_jobs_tenant_status_execute_at_id", "tenant", "status", "execute_at", "id"),
         # Idempotency keys are per tenant: two tenants may use the same key.
         UniqueConstraint("tenant", "idempotency_key", name="uq_jobs_tenant_idempotency_key"),
+        # An occurrence's identity; also the index of a schedule's jobs (list filter, figures).
+        UniqueConstraint("schedule_id", "scheduled_for", name="uq_jobs_schedule_id_scheduled_for"),
+    )
+
+
+class Schedule(Base):
+    """A recurring schedule: when it fires (cron or interval, zone, DST and jitter policies),
+    what each occurrence is (``job``, a job template) and how missed and overlapping
+    occurrences are handled. The scanner makes its occurrences (jobs) ahead of time;
+    ``made_until`` is the nominal time up to which they have been decided (made, or skipped by
+    the catch-up policy)."""
+
+    __tablename__ = "schedules"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    tenant: Mapped[str] = mapped_column(String(64), default=DEFAULT_TENANT)
+    name: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    cron: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    interval_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
+    timezone: Mapped[str] = mapped_column(String(64), default="UTC")
+    start_at: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
+    end_at: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
+    dst_gap: Mapped[str] = mapped_column(String(16), default="shift")
+    dst_fold: Mapped[str] = mapped_column(String(16), default="once")
+    jitter_seconds: Mapped[float] = mapped_column(Float, default=0.0)
+    catchup_policy: Mapped[str] = mapped_column(String(16), default="skip")
+    catchup_limit: Mapped[int] = mapped_column(Integer, default=10)
+    catchup_per_second: Mapped[float] = mapped_column(Float, default=10.0)
+    overlap_policy: Mapped[str] = mapped_column(String(16), default="allow")
+    job: Mapped[dict[str, Any]] = mapped_column(JSON)
+    paused: Mapped[bool] = mapped_column(Boolean, default=False)
+    paused_at: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
+    made_until: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
+    #: When the next occurrence not yet made fires (null: none ever will, or paused): the
+    #: scanner reads only schedules whose next fire time is before its horizon.
+    next_fire_at: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(Timestamp, default=_now)
+    updated_at: Mapped[datetime] = mapped_column(Timestamp, default=_now, onupdate=_now)
+
+    __table_args__ = (
+        Index("ix_schedules_next_fire_at", "next_fire_at", postgresql_where=text("NOT paused"),
+              sqlite_where=text("NOT paused")),
+        Index("ix_schedules_tenant_created_at", "tenant", "created_at"),
     )
 
 

@@ -15,12 +15,14 @@ class JobStatus(str, enum.Enum):
     SUCCESS = "SUCCESS"
     FAILED = "FAILED"
     CANCELLED = "CANCELLED"
+    #: Not run, by a policy: an occurrence whose previous one was still running (overlap skip).
+    SKIPPED = "SKIPPED"
 
     def __str__(self) -> str:
         return self.value
 
 
-TERMINAL = frozenset({JobStatus.SUCCESS, JobStatus.FAILED, JobStatus.CANCELLED})
+TERMINAL = frozenset({JobStatus.SUCCESS, JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.SKIPPED})
 #: A job in one of these has not started its current attempt, so it can still be cancelled.
 CANCELLABLE = frozenset({JobStatus.SCHEDULED, JobStatus.QUEUED, JobStatus.RETRYING})
 #: Statuses an executor may report in an update message.
@@ -35,11 +37,12 @@ _PHASE = {
     JobStatus.SUCCESS: 3,
     JobStatus.FAILED: 3,
     JobStatus.CANCELLED: 3,
+    JobStatus.SKIPPED: 3,
 }
 
 
 def is_terminal(status: JobStatus | str) -> bool:
-    """SUCCESS, FAILED and CANCELLED never change again."""
+    """SUCCESS, FAILED, CANCELLED and SKIPPED never change again (except by a rerun)."""
     return JobStatus(status) in TERMINAL
 
 

@@ -16,9 +16,9 @@ from datetime import datetime, timedelta
 from types import SimpleNamespace
 from typing import Any, Sequence
 
-from sqlalchemy import JSON, Row, Uuid, bindparam, case, delete, func, insert, select, text, tuple_, update
+from sqlalchemy import JSON, Row, Uuid, bindparam, case, delete, exists, func, insert, or_, select, text, tuple_, update
 from sqlalchemy.dialects.postgresql import ARRAY
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 from sqlalchemy.types import BigInteger, DateTime, Float, Integer, String
 
 from common.infra.clock import ensure_aware
@@ -55,6 +55,7 @@ def _dispatch_message(
         timeout_seconds=job.timeout_seconds,
         misfire_grace_seconds=job.misfire_grace_seconds,
         key_attempt=job.attempts + 1 - (lost or 0),
+        priority=job.priority,
     )
 
 
@@ -80,7 +81,7 @@ def _fire_at(job: Job, now: datetime) -> datetime:
 _CLAIM_COLUMNS = (
     Job.id, Job.tenant, Job.status, Job.dispatch_token, Job.name, Job.type, Job.payload, Job.execute_at,
     Job.next_attempt_at, Job.attempts, Job.max_retries, Job.timeout_seconds,
-    Job.misfire_grace_seconds, Job.lost_attempts, Job.executor,
+    Job.misfire_grace_seconds, Job.lost_attempts, Job.executor, Job.priority, Job.attempt_base,
 )
 
 
@@ -94,7 +95,7 @@ def _claim_rows(session: Session, rows: Sequence[Row[Any]], now: datetime, lease
         lost = row.lost_attempts or 0
         if row.status == JobStatus.RUNNING.value and _mark_lost(session, row, now):
             lost += 1
-        if row.attempts >= row.max_retries + 1:
+        if row.attempts - row.attempt_base >= row.max_retries + 1:
             # Its last attempt started and then went silent past its lease: no retry is left.
             session.execute(
                 update(Job)
@@ -276,6 +277,8 @@ class ClaimedRow:
     tenant: str
     timeout_seconds: float
     max_retries: int
+    #: Attempts of earlier runs (reruns): retries are counted from here.
+    attempt_base: int = 0
 
 
 #: The start claim's write on PostgreSQL: the attempts of one batch in one statement with a
@@ -290,8 +293,11 @@ _START_POSTGRESQL = text(
     # A first attempt never starts before the job's time, whatever a dispatch says (messages
     # carry milliseconds; the row, microseconds).
     " AND (jobs.attempts > 0 OR v.started >= jobs.execute_at - interval '5 milliseconds')"
+    # An occurrence whose schedule does not allow overlap waits while another one runs.
+    " AND (jobs.overlap IS NULL OR NOT EXISTS (SELECT 1 FROM jobs AS other WHERE other.schedule_id = jobs.schedule_id"
+    " AND other.id <> jobs.id AND other.status IN ('RUNNING', 'RETRYING')))"
     " RETURNING jobs.id, jobs.dispatch_token, jobs.attempts, jobs.type, jobs.payload, jobs.tenant,"
-    " jobs.timeout_seconds, jobs.max_retries"
+    " jobs.timeout_seconds, jobs.max_retries, jobs.attempt_base"
 ).bindparams(
     bindparam("ids", type_=ARRAY(String)),
     bindparam("tokens", type_=ARRAY(BigInteger)),
@@ -299,7 +305,7 @@ _START_POSTGRESQL = text(
     bindparam("starts", type_=ARRAY(DateTime(timezone=True))),
     bindparam("tenants", type_=ARRAY(String)),
 ).columns(id=Uuid, dispatch_token=BigInteger, attempts=Integer, type=String, payload=JSON, tenant=String,
-          timeout_seconds=Float, max_retries=Integer)
+          timeout_seconds=Float, max_retries=Integer, attempt_base=Integer)
 
 
 def claim_starts(
@@ -338,6 +344,7 @@ def claim_starts(
                     [(m.job_id, m.token, m.attempt - 1, m.tenant) for m in messages]
                 ),
                 Job.status.in_(_IN_FLIGHT),
+                or_(Job.overlap.is_(None), ~_running_sibling()),
             )
             .values(
                 status=JobStatus.RUNNING.value,
@@ -349,13 +356,16 @@ def claim_starts(
                 updated_at=now,
             )
             .returning(Job.id, Job.dispatch_token, Job.attempts, Job.type, Job.payload, Job.tenant,
-                       Job.timeout_seconds, Job.max_retries)
+                       Job.timeout_seconds, Job.max_retries, Job.attempt_base)
             .execution_options(synchronize_session=False)
         ).all()
     claimed = {
-        (uuid.UUID(str(job_id)), token, attempt): ClaimedRow(job_type, payload or {}, tenant, timeout, retries)
-        for job_id, token, attempt, job_type, payload, tenant, timeout, retries in rows
+        (uuid.UUID(str(job_id)), token, attempt): ClaimedRow(job_type, payload or {}, tenant, timeout, retries, base)
+        for job_id, token, attempt, job_type, payload, tenant, timeout, retries, base in rows
     }
+    if len(claimed) < len(messages):
+        started = {job_id for job_id, _, _ in claimed}
+        _settle_overlaps(session, [m for m in messages if m.job_id not in started], now=now)
     if claimed:
         # The history shows the attempt from its start, even if its executor then dies silently.
         session.execute(
@@ -369,6 +379,60 @@ def claim_starts(
             ],
         )
     return claimed
+
+
+def _running_sibling(job: Any = Job) -> Any:
+    """EXISTS another occurrence of ``job``'s schedule that is running (or between retries)."""
+    other = aliased(Job)
+    return exists().where(
+        other.schedule_id == job.schedule_id, other.id != job.id, other.status.in_(_RUNNING_OR_RETRYING)
+    )
+
+
+_RUNNING_OR_RETRYING = (JobStatus.RUNNING.value, JobStatus.RETRYING.value)
+
+
+def _settle_overlaps(session: Session, messages: Sequence[DispatchMessage], *, now: datetime) -> None:
+    """Of dispatches that were not claimed, those held back by their schedule's overlap policy
+    (another occurrence still running): with ``skip`` the occurrence is SKIPPED; with
+    ``queue_one`` it goes back to SCHEDULED, overdue, so the scanner dispatches it again at its
+    next sweep and it starts once the other one has ended — unless an older occurrence is
+    already waiting so, when it is SKIPPED (one waits at most)."""
+    blocked = session.execute(
+        select(Job.id, Job.overlap, Job.schedule_id, Job.scheduled_for)
+        .where(
+            tuple_(Job.id, Job.dispatch_token, Job.attempts).in_([(m.job_id, m.token, m.attempt - 1) for m in messages]),
+            Job.status.in_(_IN_FLIGHT), Job.overlap.is_not(None), _running_sibling(),
+        )
+        .with_for_update()
+    ).all()
+    skipped, waiting = [], []
+    for row in blocked:
+        if row.overlap == "queue_one" and not session.scalar(
+            select(func.count()).select_from(Job).where(
+                Job.schedule_id == row.schedule_id, Job.id != row.id, Job.scheduled_for < row.scheduled_for,
+                Job.status.in_((JobStatus.SCHEDULED.value, JobStatus.QUEUED.value)),
+                Job.attempts == Job.attempt_base, Job.execute_at <= now,
+            )
+        ):
+            waiting.append(row.id)
+        else:
+            skipped.append(row.id)
+    if skipped:
+        session.execute(
+            update(Job).where(Job.id.in_(skipped))
+            .values(status=JobStatus.SKIPPED.value, finished_at=now, updated_at=now, lease_until=None,
+                    error="skipped: the previous occurrence of its schedule was still running (overlap_policy)")
+            .execution_options(synchronize_session=False)
+        )
+        log.info("occurrences %s skipped: the previous one still runs", ", ".join(map(str, skipped)))
+    if waiting:
+        session.execute(
+            update(Job).where(Job.id.in_(waiting))
+            .values(status=JobStatus.SCHEDULED.value, lease_until=None, updated_at=now)
+            .execution_options(synchronize_session=False)
+        )
+        log.info("occurrences %s wait for the previous one to end (queue_one)", ", ".join(map(str, waiting)))
 
 
 def extend_leases(session: Session, running: list[DispatchMessage], *, now: datetime, lease: float) -> int:
@@ -571,10 +635,28 @@ _NEW_JOB_COLUMNS = tuple(
         "id", "tenant", "name", "type", "payload", "meta", "status", "execute_at", "priority", "max_retries",
         "timeout_seconds", "misfire_grace_seconds", "attempts", "lost_attempts", "dispatch_token",
         "lease_until", "idempotency_key", "request_hash", "created_at", "updated_at",
+        "schedule_id", "scheduled_for", "overlap", "attempt_base", "runs",
     )
 )
-_NEW_JOB_NULLS = ("next_attempt_at", "started_at", "finished_at", "output", "error", "executor")
+_NEW_JOB_NULLS = ("next_attempt_at", "started_at", "finished_at", "output", "error", "executor", "original_execute_at")
+#: Columns a new job may set (an occurrence of a schedule does), null when it does not.
+_NEW_JOB_OPTIONAL = ("schedule_id", "scheduled_for", "overlap")
 _INSERT_JOB = insert(Job.__table__)
+
+
+def _complete(job: dict[str, Any], now: datetime) -> None:
+    """Fill in, in place, every column of a new job that its own fields do not give."""
+    job.setdefault("tenant", DEFAULT_TENANT)
+    for optional in _NEW_JOB_OPTIONAL:
+        job.setdefault(optional, None)
+    job.update(
+        status=JobStatus.SCHEDULED.value, attempts=0, lost_attempts=0, dispatch_token=0, lease_until=None,
+        attempt_base=0, runs=1, created_at=now, updated_at=now, **dict.fromkeys(_NEW_JOB_NULLS),
+    )
+
+
+def _rows(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{column: job[attr] for attr, column in _NEW_JOB_COLUMNS} for job in jobs]
 
 
 def add_jobs(
@@ -591,11 +673,7 @@ def add_jobs(
     did not take."""
     messages: list[DispatchMessage] = []
     for job, claimed in zip(jobs, claim, strict=True):
-        job.setdefault("tenant", DEFAULT_TENANT)
-        job.update(
-            status=JobStatus.SCHEDULED.value, attempts=0, lost_attempts=0, dispatch_token=0, lease_until=None,
-            created_at=now, updated_at=now, **dict.fromkeys(_NEW_JOB_NULLS),
-        )
+        _complete(job, now)
         if claimed:
             fire_at = ensure_aware(job["execute_at"])
             job.update(
@@ -604,8 +682,32 @@ def add_jobs(
             )
             messages.append(_dispatch_message(SimpleNamespace(**job), fire_at))  # type: ignore[arg-type]
     if jobs:
-        session.execute(_INSERT_JOB, [{column: job[attr] for attr, column in _NEW_JOB_COLUMNS} for job in jobs])
+        session.execute(_INSERT_JOB, _rows(jobs))
     return messages
+
+
+def add_occurrences(session: Session, jobs: list[dict[str, Any]], *, now: datetime) -> list[uuid.UUID]:
+    """Insert schedule occurrences (jobs with ``schedule_id`` and ``scheduled_for``), SCHEDULED,
+    skipping each one whose (schedule_id, scheduled_for) exists already: an occurrence is made
+    once, whoever makes it. Returns the ids of those inserted."""
+    if not jobs:
+        return []
+    for job in jobs:
+        _complete(job, now)
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as dialect_insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert as dialect_insert  # type: ignore[assignment]
+    statement = (
+        dialect_insert(Job.__table__)
+        .on_conflict_do_nothing(index_elements=["schedule_id", "scheduled_for"])
+        .returning(Job.__table__.c.id)
+    )
+    inserted: list[uuid.UUID] = []
+    for start in range(0, len(jobs), 1000):
+        inserted += session.scalars(statement.values(_rows(jobs[start:start + 1000]))).all()
+    return inserted
 
 
 def unclaim_all(session: Session, messages: Sequence[DispatchMessage], *, now: datetime) -> set[uuid.UUID]:
@@ -703,7 +805,7 @@ def prune_audit(session: Session, *, before: datetime, limit: int) -> int:
 
 
 def prune_finished(session: Session, *, before: datetime, limit: int) -> int:
-    """Delete up to ``limit`` jobs that finished (SUCCESS, FAILED, CANCELLED) before
+    """Delete up to ``limit`` jobs that finished (SUCCESS, FAILED, CANCELLED, SKIPPED) before
     ``before``, oldest first, with their history (the foreign key cascades); returns how many.
     Rows another transaction holds are skipped, not waited for."""
     oldest = (

@@ -237,7 +237,7 @@ class Settings:
     )
     retention_days: float = _opt(
         "RETENTION_DAYS", 30.0, _positive(float),
-        "Finished jobs (SUCCESS, FAILED, CANCELLED) and their history are deleted this long after they "
+        "Finished jobs (SUCCESS, FAILED, CANCELLED, SKIPPED) and their history are deleted this long after they "
         "finished, in small batches by the scanner's maintenance thread.",
     )
     audit_retention_days: float = _opt(

@@ -45,7 +45,7 @@ from common.core import apikeys
 from common.core.jobtypes import enabled_types, load_payload
 from common.core.roles import Role
 from common.core.secrets import Keyring, reveal
-from common.core.models import Job, JobAttempt
+from common.core.models import Job, JobAttempt, Schedule
 from common.core.states import JobStatus
 from tests.helpers import add_job, count_jobs
 
@@ -61,13 +61,26 @@ OPERATIONS: dict[tuple[str, str], int] = {
     ("DELETE", "/api/jobs/{job_id}"): 40,
     ("GET", "/api/jobs/{job_id}/attempts"): 40,
     ("GET", "/api/jobs/stats"): 5,
+    ("POST", "/api/jobs/{job_id}/trigger"): 30,
+    ("POST", "/api/jobs/{job_id}/rerun"): 30,
+    ("PATCH", "/api/jobs/{job_id}"): 80,
+    ("POST", "/api/jobs/rerun"): 40,
+    ("POST", "/api/schedules"): 80,
+    ("GET", "/api/schedules"): 30,
+    ("POST", "/api/schedules/preview"): 50,
+    ("GET", "/api/schedules/{schedule_id}"): 15,
+    ("PATCH", "/api/schedules/{schedule_id}"): 60,
+    ("DELETE", "/api/schedules/{schedule_id}"): 15,
+    ("POST", "/api/schedules/{schedule_id}/pause"): 10,
+    ("POST", "/api/schedules/{schedule_id}/resume"): 10,
+    ("GET", "/api/schedules/{schedule_id}/preview"): 20,
     ("GET", "/api/keys"): 10,
     ("POST", "/api/keys"): 30,
     ("DELETE", "/api/keys/{key_id}"): 20,
     ("GET", "/api/tenants"): 5,
     ("POST", "/api/tenants"): 30,
     ("GET", "/api/tenants/{name}"): 15,
-    ("PATCH", "/api/tenants/{name}"): 30,
+    ("PATCH", "/api/tenants/{name}"): 50,
     ("GET", "/api/tenants/{name}/signing-secret"): 10,
     ("POST", "/api/tenants/{name}/signing-secret/rotate"): 10,
     ("DELETE", "/api/tenants/{name}/signing-secret/previous"): 10,
@@ -86,7 +99,7 @@ def needed_role(method: str, path: str) -> str | None:
         return None
     if path.startswith(("/api/keys", "/api/tenants", "/api/audit")):
         return "admin"
-    return "viewer" if method == "GET" else "writer"
+    return "viewer" if method == "GET" or path.endswith("/preview") else "writer"
 
 
 # Answers each fuzz run must have produced (as an admin, or as a role that may call it), so that
@@ -104,6 +117,16 @@ EXPECTED_STATUSES: dict[tuple[str, str], set[int]] = {
     ("GET", "/api/tenants/{name}"): {200, 404},
     ("PATCH", "/api/tenants/{name}"): {200, 404, 422},
     ("GET", "/api/audit"): {200, 422},
+    ("POST", "/api/jobs/{job_id}/trigger"): {200, 404, 409},
+    ("POST", "/api/jobs/{job_id}/rerun"): {200, 404, 409},
+    ("PATCH", "/api/jobs/{job_id}"): {200, 404, 409, 422},
+    ("POST", "/api/jobs/rerun"): {200, 422},
+    ("POST", "/api/schedules"): {201, 422},
+    ("POST", "/api/schedules/preview"): {200, 422},
+    ("GET", "/api/schedules/{schedule_id}"): {200, 404},
+    ("PATCH", "/api/schedules/{schedule_id}"): {200, 404, 422},
+    ("DELETE", "/api/schedules/{schedule_id}"): {204, 404},
+    ("GET", "/api/schedules/{schedule_id}/preview"): {200, 404},
 }
 
 ERROR_KEYS = {"code", "status", "message", "errors"}
@@ -172,6 +195,19 @@ def seed_jobs(settings: Settings) -> list[str]:
             session.add(JobAttempt(job_id=ids[3], attempt=n, dispatch_token=1, status=status, started_at=now,
                                    finished_at=now, output={"n": n}, error="boom" if n == 1 else None,
                                    executor="exec-1"))
+    return [str(i) for i in ids]
+
+
+def seed_schedules(settings: Settings) -> list[str]:
+    """Two schedules of tenant ``fuzz`` (one paused), for the id-taking operations."""
+    now = utcnow()
+    ids = [uuid.uuid4(), uuid.uuid4()]
+    with session_scope(settings) as session:
+        for schedule_id, paused in zip(ids, (False, True)):
+            session.add(Schedule(id=schedule_id, tenant="fuzz", name="seed", interval_seconds=3600.0, paused=paused,
+                                 made_until=now, next_fire_at=now + timedelta(hours=1),
+                                 job={"name": "seed", "type": "noop", "payload": {}, "meta": {}, "priority": 0,
+                                      "max_retries": 0, "timeout_seconds": 5.0, "misfire_grace_seconds": None}))
     return [str(i) for i in ids]
 
 
@@ -282,6 +318,40 @@ def _steered_bodies(settings: Settings) -> st.SearchStrategy[dict[str, Any]]:
     )).map(lambda parts: {"name": parts[4] or "job", "type": parts[0], "payload": parts[1], **parts[2], **parts[3]})
 
 
+def _schedule_bodies() -> st.SearchStrategy[dict[str, Any]]:
+    """Schedule definitions near the valid ones (random ones are almost all 422s): valid ones
+    twice as often as ones with an invalid cron, zone, policy or bound among them."""
+
+    def definition(crons: list[str], min_interval: float, zones: list[str], gaps: list[str], catchups: list[str],
+                   jitter: tuple[float, float], starts: list[str], ends: list[str]) -> st.SearchStrategy[dict[str, Any]]:
+        timing = st.one_of(
+            st.fixed_dictionaries({"interval_seconds": st.floats(min_value=min_interval, max_value=86400,
+                                                                 allow_nan=False)}),
+            st.fixed_dictionaries({"cron": st.sampled_from(crons)}),
+        )
+        optional = st.fixed_dictionaries({}, optional={
+            "timezone": st.sampled_from(zones),
+            "dst_policy": st.fixed_dictionaries({}, optional={"gap": st.sampled_from(gaps),
+                                                              "fold": st.sampled_from(["once", "twice"])}),
+            "catchup_policy": st.sampled_from(catchups),
+            "overlap_policy": st.sampled_from(["allow", "skip", "queue_one"]),
+            "jitter_seconds": st.floats(min_value=jitter[0], max_value=jitter[1], allow_nan=False),
+            "start_at": st.sampled_from(starts),
+            "end_at": st.sampled_from(ends),
+            "name": st.text(min_size=1, max_size=20),
+        })
+        job = st.fixed_dictionaries({"name": st.text(min_size=1, max_size=20), "type": st.sampled_from(["noop", "sleep"])},
+                                    optional={"payload": st.just({"seconds": 1}), "priority": st.integers(-5, 5)})
+        return st.tuples(timing, optional, job).map(lambda parts: {**parts[0], **parts[1], "job": parts[2]})
+
+    valid = definition(["*/2 * * * * *", "30 2 * * *", "0 12 * * MON-FRI"], 1, ["UTC", "Europe/Berlin"],
+                       ["shift", "skip"], ["skip", "latest", "all"], (0, 3600), ["2030-01-01T00:00:00Z"],
+                       ["2031-01-01T00:00:00Z"])
+    invalid = definition(["0 0 30 2 *", "61 * * * *", "* * * *", "@daily"], 0.5, ["Mars/Olympus", ""], ["x"],
+                         ["none"], (-1, 4000), ["2020-01-01T00:00:00+05:00", "yesterday"], ["2000-01-01T00:00:00Z"])
+    return st.one_of(valid, valid, invalid)
+
+
 def _case_strategy(operation: Any, settings: Settings, ids: dict[str, list[str]]) -> st.SearchStrategy[Any]:
     method, path = operation.method.upper(), operation.path
     has_input = bool(operation.path_parameters or operation.query or operation.headers or operation.body)
@@ -295,6 +365,12 @@ def _case_strategy(operation: Any, settings: Settings, ids: dict[str, list[str]]
             case.body = body
             return case
         strategies.append(st.tuples(operation.as_strategy(), _steered_bodies(settings)).map(steer))
+    if method in ("POST", "PATCH") and path.startswith("/api/schedules") and not path.endswith(("/pause", "/resume")):
+        def with_definition(pair: tuple[Any, dict[str, Any]]) -> Any:
+            case, body = pair
+            case.body = body
+            return case
+        strategies.append(st.tuples(st.one_of(strategies), _schedule_bodies()).map(with_definition))
     if (method, path) == ("GET", "/api/jobs"):
         cursors = st.sampled_from([
             base64.urlsafe_b64encode(f"{at}|{uuid.UUID(int=0)}".encode()).decode().rstrip("=")
@@ -311,7 +387,7 @@ def _case_strategy(operation: Any, settings: Settings, ids: dict[str, list[str]]
 
 def _id_strategies(operation: Any, path: str, ids: dict[str, list[str]]) -> list[Any]:
     """Path parameters that name real objects: random ones are all 404s."""
-    for name in ("job_id", "key_id", "name"):
+    for name in ("job_id", "key_id", "name", "schedule_id"):
         if "{" + name + "}" in path:
             return [operation.as_strategy(path_parameters={name: value}) for value in ids[name]]
     return []
@@ -325,7 +401,7 @@ def test_fuzz_operation(secure_app: Flask, settings: Settings, method: str, path
     app = secure_app
     api_settings = app.extensions["chronoq"].settings
     headers = role_headers(settings)
-    ids = {"job_id": seed_jobs(settings), "name": ["fuzz", "ops", "nobody"],
+    ids = {"job_id": seed_jobs(settings), "name": ["fuzz", "ops", "nobody"], "schedule_id": seed_schedules(settings),
            "key_id": [k["id"] for k in app.test_client().get("/api/keys", headers=headers["admin"]).get_json()["items"]]}
     operation = load_schema(app)[path][method]
     checks = [not_a_server_error, response_schema_conformance]

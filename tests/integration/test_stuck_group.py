@@ -19,7 +19,10 @@ from tests.wedge import wedge_group
 def test_executor_in_a_wedged_group_reports_stuck_and_rejoins_fresh(
     kafka_settings: Settings, caplog: pytest.LogCaptureFixture,
 ) -> None:
-    settings = replace(kafka_settings, group_join_timeout_seconds=8.0)
+    # Not a whole number of seconds: each fresh member's requests then stay ~0.5 s away from its
+    # predecessor's, which tansu keeps cycling once a second; two at the same moment can heal the
+    # group (docs/tansu-group-wedge.md, "What un-wedges a group").
+    settings = replace(kafka_settings, group_join_timeout_seconds=8.5)
     wedge_group(settings.kafka_bootstrap, settings.topic_jobs, settings.executor_group)
 
     stop = threading.Event()

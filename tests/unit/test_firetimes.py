@@ -56,8 +56,12 @@ def test_a_time_in_the_spring_gap_can_be_skipped(tz: str, spring: str, _autumn: 
     day = datetime.fromisoformat(spring)
     before = (day - timedelta(days=1)).strftime("%Y-%m-%d")
     timing = Timing(cron="30 2 * * *", timezone=tz, dst_gap=DstGap.SKIP)
-    days = [f.local.strftime("%Y-%m-%d") for f in fire_times(timing, at(f"{before}T00:00:00+00:00"), limit=2)]
+    fires = list(fire_times(timing, at(f"{before}T00:00:00+00:00"), limit=2))
+    days = [f.local.strftime("%Y-%m-%d") for f in fires]
     assert spring not in days and len(days) == 2
+    # The skip is told with the next fire time (a preview shows it).
+    assert fires[0].note is None
+    assert fires[1].note == f"{spring} 02:30:00 does not exist in {tz} (DST): skipped"
 
 
 @pytest.mark.parametrize("tz, autumn, hour", FOLDS)

@@ -1,0 +1,256 @@
+"""Schedules in the database: making their occurrences (jobs), pausing and resuming them, and
+their on-time figures. The fire-time arithmetic is :mod:`common.core.firetimes`; here it meets
+the rows.
+
+An occurrence is made once: its identity is (schedule_id, scheduled_for), a unique key, and it
+is inserted with ON CONFLICT DO NOTHING; on top of that, a scanner locks the schedules it works
+on with SKIP LOCKED, so two scanners do not even compute the same occurrences. ``made_until``
+is the nominal time up to which a schedule's occurrences have been decided (made, or passed
+over by the catch-up policy); nothing at or before it is made again, so a restart replays
+nothing.
+
+Functions take an open session (the caller owns the transaction) and ``now``."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Iterable
+
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.orm import Session
+
+from common.core import store
+from common.core.firetimes import Catchup, DstFold, DstGap, FireTime, Timing, fire_times, missed, next_fire
+from common.core.models import Job, JobAttempt, Schedule
+from common.core.states import JobStatus
+from common.infra.clock import ensure_aware
+
+log = logging.getLogger(__name__)
+
+#: A fire time that passed less than this ago, unmade, is made and run now (a little late),
+#: not counted as missed: schedules made or resumed at ``now`` start from ``now``.
+MISSED_AFTER = timedelta(seconds=1)
+#: Occurrences made for one schedule per pass; a busy schedule is come back to at once.
+MAX_PER_PASS = 1000
+#: Schedules locked and worked on per transaction.
+SCHEDULES_PER_PASS = 100
+#: Occurrences the on-time figures look at.
+FIGURES_OVER = 100
+
+#: The template fields an occurrence copies from its schedule's ``job``.
+TEMPLATE_FIELDS = ("name", "type", "payload", "meta", "priority", "max_retries", "timeout_seconds",
+                   "misfire_grace_seconds")
+
+
+def timing_of(schedule: Any) -> Timing:
+    """The fire-time definition of a :class:`Schedule` (or anything with its columns)."""
+    return Timing(
+        cron=schedule.cron,
+        interval_seconds=schedule.interval_seconds,
+        timezone=schedule.timezone,
+        start_at=ensure_aware(schedule.start_at) if schedule.start_at else None,
+        end_at=ensure_aware(schedule.end_at) if schedule.end_at else None,
+        dst_gap=DstGap(schedule.dst_gap),
+        dst_fold=DstFold(schedule.dst_fold),
+        jitter_seconds=schedule.jitter_seconds or 0.0,
+        seed=str(schedule.id),
+    )
+
+
+def first_fire(schedule: Any, after: datetime) -> datetime | None:
+    """The nominal time of the schedule's first occurrence after ``after`` (None: never)."""
+    found = next_fire(timing_of(schedule), after)
+    return found.nominal if found else None
+
+
+@dataclass
+class Made:
+    """What a pass made: occurrences per schedule, and the ids of the jobs inserted."""
+
+    occurrences: int = 0
+    caught_up: int = 0
+    schedules: int = 0
+    job_ids: list[uuid.UUID] = field(default_factory=list)
+    #: Some schedule has more occurrences due before the horizon than one pass makes.
+    more: bool = False
+
+    def __iadd__(self, other: "Made") -> "Made":
+        self.occurrences += other.occurrences
+        self.caught_up += other.caught_up
+        self.schedules += other.schedules
+        self.job_ids += other.job_ids
+        self.more = self.more or other.more
+        return self
+
+
+def _occurrence(schedule: Schedule, fire: FireTime) -> dict[str, Any]:
+    template = schedule.job
+    job = {name: template.get(name) for name in TEMPLATE_FIELDS}
+    job.update(
+        id=uuid.uuid4(), tenant=schedule.tenant, execute_at=fire.at, schedule_id=schedule.id,
+        scheduled_for=fire.nominal, idempotency_key=None, request_hash=None,
+        overlap=schedule.overlap_policy if schedule.overlap_policy != "allow" else None,
+        name=template.get("name") or schedule.name or f"schedule {schedule.id}",
+        payload=template.get("payload") or {}, meta=template.get("meta") or {},
+        priority=template.get("priority") or 0,
+    )
+    return job
+
+
+def make_for(session: Session, schedule: Schedule, *, now: datetime, horizon: datetime) -> Made:
+    """Make ``schedule``'s occurrences whose nominal time is before ``horizon`` and after its
+    ``made_until``: those that were missed (more than :data:`MISSED_AFTER` before ``now``) as
+    its catch-up policy says, the others at their own times. Moves ``made_until`` and
+    ``next_fire_at`` on. The schedule must be locked by the caller (or new)."""
+    result = Made(schedules=1)
+    if schedule.paused:
+        return result
+    timing = timing_of(schedule)
+    made_until = ensure_aware(schedule.made_until) if schedule.made_until else now
+    late = now - MISSED_AFTER
+    fires: list[FireTime] = []
+    if made_until < late:
+        fires = missed(timing, made_until, late, Catchup(schedule.catchup_policy), limit=schedule.catchup_limit,
+                       per_second=schedule.catchup_per_second, run_from=now)
+        result.caught_up = len(fires)
+        if fires:
+            log.info("schedule %s: %d missed occurrences caught up (%s)", schedule.id, len(fires),
+                     schedule.catchup_policy)
+        made_until = late
+    fires += fire_times(timing, made_until, limit=MAX_PER_PASS, until=horizon)
+    result.more = len(fires) >= MAX_PER_PASS
+    if fires:
+        jobs = [_occurrence(schedule, fire) for fire in fires]
+        inserted = store.add_occurrences(session, jobs, now=now)
+        result.job_ids = inserted
+        result.occurrences = len(inserted)
+        made_until = max(made_until, max(f.nominal for f in fires))
+    schedule.made_until = made_until
+    schedule.next_fire_at = first_fire(schedule, made_until)
+    schedule.updated_at = now
+    return result
+
+
+def make_due(session: Session, *, now: datetime, horizon: datetime, limit: int = SCHEDULES_PER_PASS) -> Made:
+    """The scanner's pass: lock up to ``limit`` active schedules whose next fire time is before
+    ``horizon`` (skipping those another scanner holds) and make their occurrences."""
+    result = Made()
+    due = session.scalars(
+        select(Schedule)
+        .where(Schedule.paused.is_(False), Schedule.next_fire_at < horizon)
+        .order_by(Schedule.next_fire_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    ).all()
+    for schedule in due:
+        try:
+            result += make_for(session, schedule, now=now, horizon=horizon)
+        except ValueError as exc:
+            # A definition that no longer computes (e.g. its zone left the tz database) must
+            # not stop the other schedules: this one stops until it is changed.
+            log.error("schedule %s: cannot compute its fire times (%s); it makes no occurrence until changed",
+                      schedule.id, exc)
+            schedule.next_fire_at = None
+    result.more = result.more or len(due) >= limit
+    return result
+
+
+def withdraw(session: Session, schedule: Schedule, *, now: datetime) -> int:
+    """Take back the schedule's occurrences that have not started: they are deleted (they
+    were only ever a plan; a dispatched one can then no longer start, as its start claim finds
+    no row), except an occurrence that was rerun, which is cancelled to keep its history.
+    ``made_until`` goes back to ``now``, so what follows is made again (by a new definition,
+    on resume). Returns how many."""
+    unstarted = (
+        Job.schedule_id == schedule.id,
+        Job.status.in_([JobStatus.SCHEDULED.value, JobStatus.QUEUED.value]),
+        Job.attempts == Job.attempt_base,
+    )
+    deleted = session.execute(
+        delete(Job).where(*unstarted, Job.runs == 1).execution_options(synchronize_session=False)
+    ).rowcount or 0
+    cancelled = session.execute(
+        update(Job).where(*unstarted)
+        .values(status=JobStatus.CANCELLED.value, finished_at=now, updated_at=now, lease_until=None,
+                error="withdrawn: its schedule was paused, changed or deleted")
+        .execution_options(synchronize_session=False)
+    ).rowcount or 0
+    schedule.made_until = now
+    if deleted or cancelled:
+        log.info("schedule %s: %d occurrences not started taken back", schedule.id, deleted + cancelled)
+    return deleted + cancelled
+
+
+def pause(session: Session, schedule: Schedule, *, now: datetime) -> int:
+    """Stop ``schedule``: no occurrence is made while it is paused, and the ones made ahead
+    that have not started are taken back (:func:`withdraw`). Returns how many."""
+    if schedule.paused:
+        return 0
+    schedule.paused = True
+    schedule.paused_at = now
+    schedule.next_fire_at = None
+    schedule.updated_at = now
+    return withdraw(session, schedule, now=now)
+
+
+def last_occurrences(session: Session, schedule_ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, Job]:
+    """The latest occurrence that has fallen due (or started) of each schedule, by schedule."""
+    ids = list(schedule_ids)
+    if not ids:
+        return {}
+    latest = (
+        select(Job.schedule_id, func.max(Job.scheduled_for).label("at"))
+        .where(Job.schedule_id.in_(ids), Job.status != JobStatus.SCHEDULED.value)
+        .group_by(Job.schedule_id)
+        .subquery()
+    )
+    rows = session.scalars(
+        select(Job).join(latest, (Job.schedule_id == latest.c.schedule_id) & (Job.scheduled_for == latest.c.at))
+    )
+    return {job.schedule_id: job for job in rows if job.schedule_id is not None}
+
+
+def _percentile(values: list[float], q: float) -> float | None:
+    """The ``q`` quantile (0..1) of ``values`` by the nearest-rank method; None when empty."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = max(1, -(-len(ordered) * q // 1))  # ceil without floats drifting
+    return ordered[int(rank) - 1]
+
+
+def figures(session: Session, schedule_id: uuid.UUID, *, over: int = FIGURES_OVER) -> dict[str, Any]:
+    """On-time figures of the last ``over`` finished occurrences: counts by outcome, and the
+    lateness of their first attempt's start after the occurrence's time (p50, p99, max, ms)."""
+    jobs = session.execute(
+        select(Job.id, Job.status, Job.execute_at, Job.attempt_base)
+        .where(Job.schedule_id == schedule_id, Job.finished_at.is_not(None))
+        .order_by(Job.scheduled_for.desc())
+        .limit(over)
+    ).all()
+    by_status: dict[str, int] = {}
+    for job in jobs:
+        by_status[job.status] = by_status.get(job.status, 0) + 1
+    starts = dict(session.execute(
+        select(JobAttempt.job_id, func.min(JobAttempt.started_at))
+        .where(JobAttempt.job_id.in_([job.id for job in jobs]))
+        .group_by(JobAttempt.job_id)
+    ).all()) if jobs else {}
+    lateness = [
+        (ensure_aware(starts[job.id]) - ensure_aware(job.execute_at)).total_seconds() * 1000
+        for job in jobs if starts.get(job.id) is not None
+    ]
+    rounded = lambda v: None if v is None else round(v, 1)  # noqa: E731
+    return {
+        "occurrences": len(jobs),
+        "by_status": by_status,
+        "lateness_ms": {
+            "p50": rounded(_percentile(lateness, 0.50)),
+            "p99": rounded(_percentile(lateness, 0.99)),
+            "max": rounded(max(lateness)) if lateness else None,
+            "measured": len(lateness),
+        },
+    }
