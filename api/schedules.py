@@ -22,6 +22,7 @@ from common.core.firetimes import check_cron, fire_times
 from common.core.models import Job, Schedule
 from common.core.roles import Role
 from common.core.windows import dispatch_horizon, needs_direct_dispatch
+from common.infra.clock import ensure_aware
 from common.infra.db import session_scope
 
 from api.audit import note
@@ -83,7 +84,7 @@ def _make_now(session: Any, schedule: Schedule, now: datetime) -> list[Any]:
     settings = runtime().settings
     made = schedules.make_for(session, schedule, now=now, horizon=dispatch_horizon(now, settings.scan_interval_seconds))
     soon = [job_id for job_id, at in session.execute(select(Job.id, Job.execute_at).where(Job.id.in_(made.job_ids)))
-            if needs_direct_dispatch(at, now, settings.scan_interval_seconds)] if made.job_ids else []
+            if needs_direct_dispatch(ensure_aware(at), now, settings.scan_interval_seconds)] if made.job_ids else []
     return store.claim_ids(session, soon, now=now, lease=settings.lease_seconds).messages if soon else []
 
 
@@ -98,7 +99,7 @@ def _shown(session: Any, schedule: Schedule, *, figures: bool = False, last: dic
     (from ``last`` when the caller read many at once) and, for one schedule, its on-time
     figures."""
     if last is None:
-        last = schedules.last_occurrences(session, [schedule.id])
+        last = schedules.last_occurrences(session, [schedule.id], now=request_now())
     shown = {column.key: getattr(schedule, column.key) for column in Schedule.__table__.columns}
     shown.update(next_fire_at=_next_run(schedule), last_occurrence=last.get(schedule.id))
     if figures:
@@ -138,7 +139,7 @@ class SchedulesView(MethodView):
         with session_scope(runtime().settings) as session:
             rows = list(session.scalars(query.order_by(Schedule.created_at, Schedule.id).limit(limit + 1)))
             page = rows[:limit]
-            last = schedules.last_occurrences(session, [s.id for s in page])
+            last = schedules.last_occurrences(session, [s.id for s in page], now=request_now())
             items = [_shown(session, schedule, last=last) for schedule in page]
         more = len(rows) > limit
         return {"items": items,

@@ -196,14 +196,14 @@ def pause(session: Session, schedule: Schedule, *, now: datetime) -> int:
     return withdraw(session, schedule, now=now)
 
 
-def last_occurrences(session: Session, schedule_ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, Job]:
-    """The latest occurrence that has fallen due (or started) of each schedule, by schedule."""
+def last_occurrences(session: Session, schedule_ids: Iterable[uuid.UUID], *, now: datetime) -> dict[uuid.UUID, Job]:
+    """The latest occurrence of each schedule that has fallen due by ``now``, by schedule."""
     ids = list(schedule_ids)
     if not ids:
         return {}
     latest = (
         select(Job.schedule_id, func.max(Job.scheduled_for).label("at"))
-        .where(Job.schedule_id.in_(ids), Job.status != JobStatus.SCHEDULED.value)
+        .where(Job.schedule_id.in_(ids), Job.execute_at <= now)
         .group_by(Job.schedule_id)
         .subquery()
     )

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 import uuid
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from typing import Any, Iterator
 
@@ -19,6 +20,7 @@ from common.core.states import JobStatus
 from common.infra.clock import utcnow
 from common.infra.config import Settings
 from common.infra.db import session_scope
+from tests.helpers import wait_for
 from tests.integration.test_api_jobs import assert_error, make_client
 from tests.integration.test_auth import client_for, make_key, secure  # noqa: F401 - a fixture
 
@@ -371,3 +373,46 @@ def test_overlap_policy_at_the_start_claim(client: FlaskClient, settings: Settin
         session.execute(update(Job).where(Job.id == first.job_id).values(status="SUCCESS", finished_at=utcnow()))
         (again,) = store.claim_ids(session, [second.job_id], now=utcnow(), lease=30).messages
     assert start(again) and status(again) == "RUNNING"
+
+
+def test_schedules_work_on_both_databases(database: Settings) -> None:
+    """The local run uses SQLite: making occurrences (ON CONFLICT DO NOTHING), the API's
+    direct dispatch of the first ones, and the overlap rule of the start claim work there too."""
+    # No broker: the API's direct dispatch fails at once and leaves the occurrences SCHEDULED.
+    database = replace(database, auth_enabled=False, scan_interval_seconds=2.0, kafka_bootstrap="127.0.0.1:1")
+    clients = make_client(database)
+    client = next(clients)
+    try:
+        body = create(client, interval_seconds=1, overlap_policy="skip")
+        made = occurrences(database, body["id"])
+        assert made and all(job.overlap == "skip" for job in made)
+        now = utcnow()
+        again = make_due(database, now, now + timedelta(seconds=30))
+        with session_scope(database) as session:
+            jobs = session.execute(select(Job.scheduled_for).where(Job.schedule_id == uuid.UUID(body["id"]))).all()
+        assert len(jobs) == len({row.scheduled_for for row in jobs}) == len(made) + again.occurrences
+        first, second = (_occurrence_now(database, body["id"], now + timedelta(hours=1, milliseconds=i), "skip")
+                         for i in range(2))
+        with session_scope(database) as session:
+            assert store.claim_start(session, first, executor="x", now=first.execute_at, lease=30)
+            assert not store.claim_start(session, second, executor="x", now=second.execute_at, lease=30)
+            assert session.get(Job, second.job_id).status == "SKIPPED"
+        assert client.post(f"/api/schedules/{body['id']}/pause").get_json()["paused"]
+    finally:
+        next(clients, None)
+
+
+def test_the_last_occurrence_is_the_latest_that_fell_due(client: FlaskClient, settings: Settings) -> None:
+    body = create(client, interval_seconds=1)
+    made = occurrences(settings, body["id"])
+    assert len(made) >= 3  # made ahead, up to the horizon
+    wait_for(lambda: utcnow() > made[1].execute_at, timeout=10, what="two occurrences to fall due")
+    before = utcnow()
+    last = client.get(f"/api/schedules/{body['id']}").get_json()["last_occurrence"]
+    after = utcnow()
+    # Not one of those made ahead: the newest whose time has come.
+    assert made[1].execute_at <= datetime.fromisoformat(last["execute_at"]) <= after
+    assert all(job.execute_at > after or job.execute_at <= datetime.fromisoformat(last["execute_at"])
+               or job.execute_at > before for job in made)
+    listed = client.get("/api/schedules").get_json()["items"][0]["last_occurrence"]
+    assert datetime.fromisoformat(listed["execute_at"]) <= utcnow()
