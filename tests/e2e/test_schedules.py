@@ -48,7 +48,14 @@ def test_an_every_two_seconds_schedule_is_on_time_pauses_and_resumes_without_a_b
     })
     sid = schedule["id"]
     started = utcnow()
-    time.sleep(RUN_SECONDS)
+    # Meanwhile, a slow job (2.5 s) every second with overlap 'skip': never two at once.
+    slow = call(system, "post", "/api/schedules", json={
+        "name": "slow", "interval_seconds": 1, "overlap_policy": "skip",
+        "job": {"name": "slow", "type": "sleep", "payload": {"seconds": 2.5}, "max_retries": 0},
+    })
+    time.sleep(8.0)
+    call(system, "post", f"/api/schedules/{slow['id']}/pause")
+    time.sleep(RUN_SECONDS - 8.0)
     paused = call(system, "post", f"/api/schedules/{sid}/pause")
     paused_at = datetime.fromisoformat(paused["paused_at"])
     assert paused["paused"] and paused["next_fire_at"] is None
@@ -93,13 +100,7 @@ def test_an_every_two_seconds_schedule_is_on_time_pauses_and_resumes_without_a_b
                for job in occurrences(system, sid) if datetime.fromisoformat(job["scheduled_for"]) > paused_at)
     call(system, "post", f"/api/schedules/{sid}/pause")
 
-    # A slow job (2.5 s) every second with overlap 'skip': never two at once, the rest SKIPPED.
-    slow = call(system, "post", "/api/schedules", json={
-        "name": "slow", "interval_seconds": 1, "overlap_policy": "skip",
-        "job": {"name": "slow", "type": "sleep", "payload": {"seconds": 2.5}, "max_retries": 0},
-    })
-    time.sleep(8.0)
-    call(system, "post", f"/api/schedules/{slow['id']}/pause")
+    # The slow schedule: the occurrences that ran never overlapped, the others were SKIPPED.
     wait_for(lambda: all(job["status"] in ("SUCCESS", "SKIPPED") for job in occurrences(system, slow["id"])),
              timeout=10, what="the slow occurrences to settle")
     settled = occurrences(system, slow["id"])

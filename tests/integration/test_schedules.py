@@ -405,7 +405,7 @@ def test_schedules_work_on_both_databases(database: Settings) -> None:
 def test_the_last_occurrence_is_the_latest_that_fell_due(client: FlaskClient, settings: Settings) -> None:
     body = create(client, interval_seconds=1)
     made = occurrences(settings, body["id"])
-    assert len(made) >= 3  # made ahead, up to the horizon
+    assert len(made) >= 2  # made ahead, up to the horizon (one to two 2 s windows)
     wait_for(lambda: utcnow() > made[1].execute_at, timeout=10, what="two occurrences to fall due")
     before = utcnow()
     last = client.get(f"/api/schedules/{body['id']}").get_json()["last_occurrence"]
