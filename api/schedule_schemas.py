@@ -30,6 +30,14 @@ class Whole(fields.Nested):
         return super()._load(value, partial=False, **kwargs)
 
 
+def _known_zone(name: str) -> bool:
+    try:
+        firetimes.zone(name)
+    except ValueError as exc:
+        raise ValidationError(str(exc)) from None
+    return True
+
+
 class DstPolicySchema(Schema):
     """What happens to a local time that daylight saving removes or repeats."""
 
@@ -59,7 +67,8 @@ class ScheduleDefinitionSchema(Schema):
         validate=validate.Range(min=1, max=366 * 86400),
         metadata={"description": "Fire every this many seconds from start_at (or from 2000-01-01T00:00Z)."},
     )
-    timezone = Text(load_default="UTC", metadata={"description": "IANA zone the cron expression is read in."})
+    timezone = Text(load_default="UTC", validate=lambda name: _known_zone(name),
+                    metadata={"description": "IANA zone the cron expression is read in."})
     start_at = AwareDateTime(allow_none=True, metadata={"description": "No fire time before this."})
     end_at = AwareDateTime(allow_none=True, metadata={"description": "No fire time at or after this."})
     dst_policy = fields.Nested(DstPolicySchema, load_default=lambda: DstPolicySchema().load({}))
@@ -119,7 +128,7 @@ def definition_errors(data: dict[str, Any], now: datetime) -> dict[str, list[str
         except ValueError as exc:
             errors["cron"] = [f"{cron!r} {exc}"]
     try:
-        firetimes.zone(data.get("timezone") or "UTC")
+        firetimes.zone(data.get("timezone", "UTC"))
     except ValueError as exc:
         errors["timezone"] = [str(exc)]
     start, end = data.get("start_at"), data.get("end_at")
@@ -141,7 +150,7 @@ def draft(data: dict[str, Any]) -> SimpleNamespace:
     jitter offset of a schedule not created yet is only an example)."""
     return SimpleNamespace(
         id=data.get("id") or uuid.uuid4(), cron=data.get("cron"), interval_seconds=data.get("interval_seconds"),
-        timezone=data.get("timezone") or "UTC", start_at=data.get("start_at"), end_at=data.get("end_at"),
+        timezone=data.get("timezone", "UTC"), start_at=data.get("start_at"), end_at=data.get("end_at"),
         jitter_seconds=data.get("jitter_seconds") or 0.0, **dst_columns(data),
     )
 

@@ -78,11 +78,13 @@ def _refuse_type(job_type: str) -> None:
         abort(403, message=refused)
 
 
-def _make_now(session: Any, schedule: Schedule, now: datetime) -> list[Any]:
+def _make_now(session: Any, schedule: Schedule, now: datetime, *, resumed: bool = False) -> list[Any]:
     """Make the occurrences due before the scanner's current horizon (it may have scanned this
     window already) and claim those due too soon for it; returns their dispatch messages."""
     settings = runtime().settings
-    made = schedules.make_for(session, schedule, now=now, horizon=dispatch_horizon(now, settings.scan_interval_seconds))
+    # On resume every fire time that passed while paused was missed, however recently.
+    made = schedules.make_for(session, schedule, now=now, horizon=dispatch_horizon(now, settings.scan_interval_seconds),
+                              missed_after=timedelta(0) if resumed else schedules.MISSED_AFTER)
     soon = [job_id for job_id, at in session.execute(select(Job.id, Job.execute_at).where(Job.id.in_(made.job_ids)))
             if needs_direct_dispatch(ensure_aware(at), now, settings.scan_interval_seconds)] if made.job_ids else []
     return store.claim_ids(session, soon, now=now, lease=settings.lease_seconds).messages if soon else []
@@ -293,7 +295,7 @@ class ResumeView(MethodView):
             if schedule.paused:
                 schedule.paused = False
                 schedule.paused_at = None
-                messages = _make_now(session, schedule, now)
+                messages = _make_now(session, schedule, now, resumed=True)
             shown = _shown(session, schedule)
         _publish(messages)
         return shown

@@ -1,9 +1,10 @@
-"""An HTTP receiver for `http` jobs: logs every call (path, arrival time, Idempotency-Key)."""
+"""An HTTP receiver for `http` jobs: logs every call (path, arrival time, Idempotency-Key) and
+answers 200, or the statuses a test scripted for the path."""
 
 from __future__ import annotations
 
 import threading
-from collections import Counter
+from collections import Counter, defaultdict, deque
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -25,10 +26,12 @@ class _QuietServer(ThreadingHTTPServer):
 
 
 class Receiver:
-    """Answers 200 to every POST on 127.0.0.1 and remembers it."""
+    """Answers every POST on 127.0.0.1 and remembers it: with the statuses scripted for its path
+    by :meth:`answer`, in order, and 200 once they run out."""
 
     def __init__(self) -> None:
         self.calls: list[Call] = []
+        self.script: dict[str, deque[int]] = defaultdict(deque)
         self.lock = threading.Lock()
         receiver = self
 
@@ -43,8 +46,10 @@ class Receiver:
                         self.path, arrived, self.headers.get("Idempotency-Key"),
                         self.headers.get("X-Chronoq-Attempt"), dict(self.headers.items()), body,
                     ))
+                    planned = receiver.script[self.path]
+                    status = planned.popleft() if planned else 200
                 body = b'{"ok": true}'
-                self.send_response(200)
+                self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
@@ -65,6 +70,16 @@ class Receiver:
     def stop(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+    def answer(self, path: str, *statuses: int) -> str:
+        """Script the answers to ``path`` (then 200); its URL."""
+        with self.lock:
+            self.script[path].extend(statuses)
+        return self.url + path
+
+    def to(self, path: str) -> list[Call]:
+        """The calls to ``path`` so far."""
+        return [call for call in self.snapshot() if call.path == path]
 
     def snapshot(self) -> list[Call]:
         with self.lock:

@@ -30,8 +30,8 @@ from common.infra.clock import ensure_aware
 
 log = logging.getLogger(__name__)
 
-#: A fire time that passed less than this ago, unmade, is made and run now (a little late),
-#: not counted as missed: schedules made or resumed at ``now`` start from ``now``.
+#: A fire time that passed less than this ago, unmade, is made by the scanner and run now (a
+#: little late: the scanner woke late), not counted as missed.
 MISSED_AFTER = timedelta(seconds=1)
 #: Occurrences made for one schedule per pass; a busy schedule is come back to at once.
 MAX_PER_PASS = 1000
@@ -100,9 +100,11 @@ def _occurrence(schedule: Schedule, fire: FireTime) -> dict[str, Any]:
     return job
 
 
-def make_for(session: Session, schedule: Schedule, *, now: datetime, horizon: datetime) -> Made:
+def make_for(session: Session, schedule: Schedule, *, now: datetime, horizon: datetime,
+             missed_after: timedelta = MISSED_AFTER) -> Made:
     """Make ``schedule``'s occurrences whose nominal time is before ``horizon`` and after its
-    ``made_until``: those that were missed (more than :data:`MISSED_AFTER` before ``now``) as
+    ``made_until``: those that were missed (more than ``missed_after`` before ``now``; a resume
+    passes 0: every time that passed while paused was missed) as
     its catch-up policy says, the others at their own times. Moves ``made_until`` and
     ``next_fire_at`` on. The schedule must be locked by the caller (or new)."""
     result = Made(schedules=1)
@@ -110,7 +112,7 @@ def make_for(session: Session, schedule: Schedule, *, now: datetime, horizon: da
         return result
     timing = timing_of(schedule)
     made_until = ensure_aware(schedule.made_until) if schedule.made_until else now
-    late = now - MISSED_AFTER
+    late = now - missed_after
     fires: list[FireTime] = []
     if made_until < late:
         fires = missed(timing, made_until, late, Catchup(schedule.catchup_policy), limit=schedule.catchup_limit,

@@ -86,6 +86,23 @@ def make_system(pg_url: str, broker: LocalBroker, tmp_path: Path) -> Iterator[Ca
         system.stop()
 
 
+def module_system(pg_url: str, broker: LocalBroker, logs: Path, **overrides: Any) -> Iterator[System]:
+    """A system shared by a module's tests (a module-scoped fixture yields from this): started
+    and warmed up, its logs printed if that fails, stopped cleanly at the end."""
+    settings = system_settings(pg_url, broker.bootstrap, **overrides)
+    ensure_topics(settings)
+    running = System(settings, logs).start()
+    try:
+        warm_up(running)
+    except BaseException:
+        print(running.logs())
+        running.stop()
+        raise
+    yield running
+    codes = running.stop()
+    assert all(code == 0 for code in codes.values()), f"unclean stop {codes}:\n{running.logs()}"
+
+
 def key_headers(settings: Settings, tenant: str, role: str) -> dict[str, str]:
     """The Authorization header of a new API key."""
     with session_scope(settings) as session:

@@ -7,76 +7,25 @@ from __future__ import annotations
 
 import json
 import re
-import threading
 import time
-from collections import defaultdict, deque
 from datetime import datetime, timedelta, timezone
-from http.server import BaseHTTPRequestHandler
 from typing import Iterator
 
 import pytest
 import requests
 
 from common.infra.clock import utcnow
-from common.infra.kafka import ensure_topics
-from tests.e2e.conftest import attempts, create, job, system_settings, warm_up
+from tests.e2e.conftest import attempts, create, job, module_system
 from tests.helpers import wait_for
 from tests.processes import System
-from tests.receiver import Call, _QuietServer
+from tests.receiver import Receiver
 
 pytestmark = pytest.mark.e2e
 
 
-class ScriptedReceiver:
-    """Records every POST like :class:`tests.receiver.Receiver`, and answers each path with the
-    statuses scripted for it, in order (200 once they run out)."""
-
-    def __init__(self) -> None:
-        self.calls: list[Call] = []
-        self.script: dict[str, deque[int]] = defaultdict(deque)
-        self.lock = threading.Lock()
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
-                arrived = datetime.now(timezone.utc)
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                with receiver.lock:
-                    receiver.calls.append(Call(self.path, arrived, self.headers.get("Idempotency-Key"),
-                                               self.headers.get("X-Chronoq-Attempt"), dict(self.headers.items()), body))
-                    planned = receiver.script[self.path]
-                    status = planned.popleft() if planned else 200
-                self.send_response(status)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = _QuietServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_port}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def answer(self, path: str, *statuses: int) -> str:
-        with self.lock:
-            self.script[path].extend(statuses)
-        return self.url + path
-
-    def to(self, path: str) -> list[Call]:
-        with self.lock:
-            return [call for call in self.calls if call.path == path]
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 @pytest.fixture(scope="module")
-def receiver() -> Iterator[ScriptedReceiver]:
-    rec = ScriptedReceiver()
+def receiver() -> Iterator[Receiver]:
+    rec = Receiver().start()
     yield rec
     rec.stop()
 
@@ -84,18 +33,7 @@ def receiver() -> Iterator[ScriptedReceiver]:
 @pytest.fixture(scope="module")
 def system(pg_url, broker, tmp_path_factory) -> Iterator[System]:
     """One system for the module (2 s windows, 1 s sweeps, 6 s leases)."""
-    settings = system_settings(pg_url, broker.bootstrap)
-    ensure_topics(settings)
-    running = System(settings, tmp_path_factory.mktemp("e2e-control-logs")).start()
-    try:
-        warm_up(running)
-    except BaseException:
-        print(running.logs())
-        running.stop()
-        raise
-    yield running
-    codes = running.stop()
-    assert all(code == 0 for code in codes.values()), f"unclean stop {codes}:\n{running.logs()}"
+    yield from module_system(pg_url, broker, tmp_path_factory.mktemp("e2e-control-logs"))
 
 
 def post(system: System, path: str, body: dict | None = None) -> dict:
@@ -119,7 +57,7 @@ def at(value: str) -> datetime:
     return datetime.fromisoformat(value)
 
 
-def test_trigger_fires_a_far_future_job_now(system: System, receiver: ScriptedReceiver) -> None:
+def test_trigger_fires_a_far_future_job_now(system: System, receiver: Receiver) -> None:
     tomorrow = utcnow() + timedelta(days=1)
     created = create(system, name="tomorrow", type="http", execute_at=tomorrow.isoformat(),
                      payload={"url": receiver.answer("/tomorrow")})
@@ -135,7 +73,7 @@ def test_trigger_fires_a_far_future_job_now(system: System, receiver: ScriptedRe
     assert done["status"] == "SUCCESS" and done["attempts"] == 1
 
 
-def test_a_triggered_queued_job_runs_once_now(system: System, receiver: ScriptedReceiver) -> None:
+def test_a_triggered_queued_job_runs_once_now(system: System, receiver: Receiver) -> None:
     created = create(system, name="soon", type="http", delay_seconds=5, payload={"url": receiver.answer("/soon")})
     wait_for(lambda: status_is(system, created["id"], "QUEUED"), timeout=10, what="QUEUED")  # an executor holds it
     asked = datetime.now(timezone.utc)
@@ -148,7 +86,7 @@ def test_a_triggered_queued_job_runs_once_now(system: System, receiver: Scripted
     assert [(a["attempt"], a["status"]) for a in attempts(system, created["id"])] == [(1, "SUCCESS")]
 
 
-def test_rerun_of_a_failed_job_gets_its_retries_again(system: System, receiver: ScriptedReceiver) -> None:
+def test_rerun_of_a_failed_job_gets_its_retries_again(system: System, receiver: Receiver) -> None:
     url = receiver.answer("/flaky", 500, 500, 500, 200)
     created = create(system, name="flaky", type="http", delay_seconds=0, max_retries=1, payload={"url": url})
     failed = wait_for(lambda: status_is(system, created["id"], "FAILED", "SUCCESS"), timeout=20, what="FAILED")
@@ -166,7 +104,7 @@ def test_rerun_of_a_failed_job_gets_its_retries_again(system: System, receiver: 
 
 
 def test_patch_moves_a_queued_job_and_its_old_dispatch_never_runs(
-    system: System, receiver: ScriptedReceiver
+    system: System, receiver: Receiver
 ) -> None:
     created = create(system, name="moved", type="http", delay_seconds=4,
                      payload={"url": receiver.answer("/before"), "json": {"v": 1}})
@@ -187,7 +125,7 @@ def test_patch_moves_a_queued_job_and_its_old_dispatch_never_runs(
     wait_for(lambda: status_is(system, created["id"], "SUCCESS"), timeout=10, what="SUCCESS")
 
 
-def test_redrive_reruns_the_failed_jobs_it_matches(system: System, receiver: ScriptedReceiver) -> None:
+def test_redrive_reruns_the_failed_jobs_it_matches(system: System, receiver: Receiver) -> None:
     jobs = [create(system, name="redrive-e2e", type="http", delay_seconds=0, max_retries=0,
                    payload={"url": receiver.answer(f"/redrive/{i}", 500)}) for i in range(3)]
     other = create(system, name="redrive-e2e-other", type="fail", delay_seconds=0, max_retries=0,

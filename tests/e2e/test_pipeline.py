@@ -16,8 +16,7 @@ import pytest
 import requests
 
 from common.infra.clock import utcnow
-from common.infra.kafka import ensure_topics
-from tests.e2e.conftest import create, system_settings, warm_up
+from tests.e2e.conftest import create, module_system
 from tests.e2e.conftest import job as get
 from tests.helpers import wait_for
 from tests.processes import System
@@ -36,18 +35,8 @@ def receiver() -> Iterator[Receiver]:
 @pytest.fixture(scope="module")
 def system(pg_url, broker, tmp_path_factory) -> Iterator[System]:
     """One system for the module (the default sweep and a 20 s lease: no fault here)."""
-    settings = system_settings(pg_url, broker.bootstrap, lease_seconds=20.0, sweep_interval_seconds=5.0)
-    ensure_topics(settings)
-    running = System(settings, tmp_path_factory.mktemp("e2e-logs")).start()
-    try:
-        warm_up(running)
-    except BaseException:
-        print(running.logs())
-        running.stop()
-        raise
-    yield running
-    codes = running.stop()
-    assert all(code == 0 for code in codes.values()), f"unclean stop {codes}:\n{running.logs()}"
+    yield from module_system(pg_url, broker, tmp_path_factory.mktemp("e2e-logs"), lease_seconds=20.0,
+                             sweep_interval_seconds=5.0)
 
 
 def parse(value: str) -> datetime:

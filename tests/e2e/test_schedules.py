@@ -42,8 +42,10 @@ def quantile(values: list[float], q: float) -> float:
 def test_an_every_two_seconds_schedule_is_on_time_pauses_and_resumes_without_a_burst(
         make_system: Callable[..., System], receiver: Receiver) -> None:
     system = make_system()
+    # Starting a few seconds out, as a schedule usually does: an occurrence due within a moment
+    # of the create is as late as a job created a moment before its time (README, guarantees).
     schedule = call(system, "post", "/api/schedules", json={
-        "name": "every-2s", "cron": "*/2 * * * * *",
+        "name": "every-2s", "cron": "*/2 * * * * *", "start_at": (utcnow() + timedelta(seconds=3)).isoformat(),
         "job": {"name": "tick", "type": "http", "payload": {"url": f"{receiver.url}/tick"}, "max_retries": 0},
     })
     sid = schedule["id"]
@@ -67,7 +69,7 @@ def test_an_every_two_seconds_schedule_is_on_time_pauses_and_resumes_without_a_b
     arrivals = {c.key.split(":")[0]: c.arrived for c in calls}
     due = [job for job in jobs.values() if started + timedelta(seconds=1) < datetime.fromisoformat(
         job["execute_at"]) < paused_at - timedelta(seconds=1)]
-    assert len(due) >= RUN_SECONDS / 2 - 2
+    assert len(due) >= RUN_SECONDS / 2 - 4
     lateness = [(arrivals[job["id"]] - datetime.fromisoformat(job["execute_at"])).total_seconds() * 1000
                 for job in due]
     assert all(late >= 0 for late in lateness), "an occurrence fired before its time"
@@ -88,15 +90,15 @@ def test_an_every_two_seconds_schedule_is_on_time_pauses_and_resumes_without_a_b
 
     # Resumed: the next occurrences run at their times; the ones missed while paused do not
     # (catch-up 'skip', the default), so there is no burst.
-    resumed = call(system, "post", f"/api/schedules/{sid}/resume")
     resumed_at = utcnow()
+    resumed = call(system, "post", f"/api/schedules/{sid}/resume")
     assert not resumed["paused"]
     time.sleep(7.0)
     after = [c for c in receiver.snapshot() if c.path == "/tick" and c.arrived > paused_at + timedelta(seconds=0.5)]
     assert 2 <= len(after) <= 4, [c.arrived.isoformat() for c in after]
     first_two = sorted(c.arrived for c in after)[:2]
     assert first_two[1] - first_two[0] >= timedelta(seconds=1.5), "a burst after resume"
-    assert all(datetime.fromisoformat(job["scheduled_for"]) > resumed_at - timedelta(seconds=1.5)
+    assert all(datetime.fromisoformat(job["scheduled_for"]) > resumed_at
                for job in occurrences(system, sid) if datetime.fromisoformat(job["scheduled_for"]) > paused_at)
     call(system, "post", f"/api/schedules/{sid}/pause")
 

@@ -12,7 +12,6 @@ import asyncio
 import threading
 import time
 import uuid
-from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any, Callable, Iterator
 
@@ -22,7 +21,10 @@ from common.core import store
 from common.core.messages import DispatchMessage, encode_dispatch
 from common.core.models import Job
 from common.infra.clock import utcnow
-from common.infra.config import Settings
+from common.infra.config import Settings, load_settings
+from common.infra.kafka import ensure_topics
+from common.launch.broker import LocalBroker
+from tests.conftest import TEST_SETTINGS
 from common.infra.db import session_scope
 from common.infra.kafka import Producer
 from tests.integration.test_executor_service import Running, job_row, wait_for
@@ -102,21 +104,27 @@ def publish(settings: Settings, messages: list[DispatchMessage]) -> None:
         producer.close()
 
 
-@pytest.fixture
-def start_executor(kafka_settings: Settings) -> Iterator[Callable[[int], tuple[Running, Settings]]]:
-    started: list[Running] = []
+@pytest.fixture(scope="module")
+def start_executor(pg_url: str, broker: LocalBroker) -> Iterator[Callable[[int], tuple[Running, Settings]]]:
+    """An executor with ``workers`` threads, on topics of its own, shared by this module's tests
+    (a group join costs seconds); each test's jobs and runs are its own."""
+    started: dict[int, tuple[Running, Settings]] = {}
 
     def start(workers: int) -> tuple[Running, Settings]:
-        settings = replace(
-            kafka_settings, executor_workers=workers,
-            handlers=(f"block={__name__}:block", f"mark={__name__}:mark"),
-        )
-        running = Running(settings)
-        started.append(running)
-        return running, settings
+        if workers not in started:
+            suffix = uuid.uuid4().hex[:8]
+            settings = load_settings(
+                {}, database_url=pg_url, **{**TEST_SETTINGS, "executor_workers": workers},
+                kafka_bootstrap=broker.bootstrap, topic_jobs=f"jobs-{suffix}", topic_updates=f"updates-{suffix}",
+                topic_dlq=f"dlq-{suffix}", group_prefix=f"test-{suffix}",
+                handlers=(f"block={__name__}:block", f"mark={__name__}:mark"),
+            )
+            ensure_topics(settings)
+            started[workers] = (Running(settings), settings)
+        return started[workers]
 
     yield start
-    for running in started:
+    for running, _ in started.values():
         running.stop()
 
 
@@ -124,9 +132,10 @@ def run_and_wait(settings: Settings, running: Running, run: str, jobs: list[dict
     """Dispatch ``jobs`` through the broker, check the executor held them all before the first
     was due, wait until each succeeded; the job numbers in the order their handlers started."""
     first_due = min(job["execute_at"] for job in jobs)
+    held = running.count("scheduled")  # the executor may have run other tests' jobs before
     messages = dispatch(settings, jobs)
     publish(settings, sorted(messages, key=lambda m: m.priority))  # lowest priority arrives first
-    wait_for(lambda: running.count("scheduled") >= len(jobs), 30, "the executor to hold every dispatch")
+    wait_for(lambda: running.count("scheduled") >= held + len(jobs), 30, "the executor to hold every dispatch")
     assert utcnow() < first_due, "the dispatches reached the executor too late to test their order"
     # The executor writes each end through to the database (no result writer runs here).
     wait_for(lambda: all(job_row(settings, m.job_id).status == "SUCCESS" for m in messages), 60,
