@@ -253,7 +253,7 @@ class ScheduleView(MethodView):
     @blp.alt_response(404, description="No such schedule.", success=False)
     def delete(self, schedule_id: str) -> None:
         """Delete a schedule. Its occurrences made ahead that have not started are taken back;
-        those that ran stay, as jobs (their ``schedule_id`` kept for the record)."""
+        those that ran stay as ordinary jobs, with their history (their ``schedule_id`` becomes null)."""
         note("schedules.delete", "schedule", schedule_id)
         now = request_now()
         with session_scope(runtime().settings) as session:
