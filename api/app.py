@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from flask import Flask, Response, request
+from flask import Flask, Response, request, send_from_directory
+from swagger_ui_bundle import swagger_ui_path
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 import common
@@ -13,7 +14,14 @@ from api.context import EXTENSION, Runtime, runtime
 from api.encoding import OrjsonProvider
 from api.errors import ChronoqApi, register_error_handlers
 
-SWAGGER_UI_CDN = "https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/"
+#: Where the /docs page loads Swagger UI's scripts and styles from: this API, out of the
+#: swagger-ui-bundle package, never a CDN (a machine without internet gets the page too).
+SWAGGER_UI_ASSETS = "/docs/assets/"
+
+
+@auth.requires(None)  # open, like the page itself: the scripts say nothing about anyone's data
+def _swagger_asset(filename: str) -> Response:
+    return send_from_directory(swagger_ui_path, filename, max_age=86400)
 
 
 def create_app(settings: Settings | None = None) -> Flask:
@@ -29,7 +37,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         OPENAPI_URL_PREFIX="/",
         OPENAPI_JSON_PATH="openapi.json",
         OPENAPI_SWAGGER_UI_PATH="/docs",
-        OPENAPI_SWAGGER_UI_URL=SWAGGER_UI_CDN,
+        OPENAPI_SWAGGER_UI_URL=SWAGGER_UI_ASSETS,
         # Requests naming another host are refused (400): a web page cannot drive a local
         # chronoq by pointing a DNS name of its own at 127.0.0.1.
         TRUSTED_HOSTS=list(settings.trusted_hosts) or None,
@@ -58,6 +66,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     api.register_blueprint(admin.tenants)
     api.register_blueprint(admin.audit)
     api.register_blueprint(health.blp)
+    app.add_url_rule(SWAGGER_UI_ASSETS + "<path:filename>", endpoint="api-docs-assets", view_func=_swagger_asset)
     app.after_request(_count_request)
     return app
 

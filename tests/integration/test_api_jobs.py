@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from dataclasses import replace
@@ -353,7 +354,24 @@ def test_openapi_document_and_docs_page(client: FlaskClient) -> None:
                  "/healthz", "/readyz", "/metrics"):
         assert path in spec["paths"], path
     assert {"get", "post"} <= set(spec["paths"]["/api/jobs"])
-    assert "swagger-ui" in client.get("/docs").get_data(as_text=True)
+    page = client.get("/docs").get_data(as_text=True)
+    assert "swagger-ui" in page
+
+
+def test_the_docs_page_loads_nothing_from_the_internet(client: FlaskClient) -> None:
+    """Every script and style of /docs is served by the API itself (a machine without
+    internet, or a browser that blocks third parties, gets the page)."""
+    page = client.get("/docs").get_data(as_text=True)
+    assets = re.findall(r'(?:src|href)="([^"]+)"', page)
+    assert assets and all(asset.startswith("/") for asset in assets), assets
+    assert {"/docs/assets/swagger-ui-bundle.js", "/docs/assets/swagger-ui.css"} <= set(assets)
+    for asset in assets:
+        response = client.get(asset)
+        assert response.status_code == 200, asset
+        assert len(response.get_data()) > 1000 and "max-age=86400" in response.headers["Cache-Control"]
+    assert client.get("/docs/assets/swagger-ui-bundle.js").mimetype in ("text/javascript", "application/javascript")
+    assert_error(client.get("/docs/assets/../../../etc/passwd"), 404)
+    assert_error(client.get("/docs/assets/nothing.js"), 404)
 
 
 def test_unknown_routes_and_methods_have_the_json_error_shape(client: FlaskClient) -> None:

@@ -92,6 +92,8 @@ def test_probes_and_the_api_description_stay_open(client: FlaskClient) -> None:
     assert client.get("/healthz").status_code == 200
     assert client.get("/readyz").status_code == 200
     assert client.get("/openapi.json").status_code == 200
+    assert client.get("/docs").status_code == 200
+    assert client.get("/docs/assets/swagger-ui.css").status_code == 200
 
 
 def test_metrics_can_be_opened_by_the_operator(secure: Settings) -> None:
