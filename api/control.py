@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import uuid
 from datetime import datetime
-from typing import Any
+from typing import Any, Callable
 
 from flask.views import MethodView
 from flask_smorest import abort
@@ -83,10 +83,22 @@ def _claim(rt: Runtime, session: Any, ids: list[uuid.UUID], now: datetime) -> li
 def _publish(messages: list[DispatchMessage]) -> None:
     """Publish claimed dispatches without waiting for Kafka; those it refuses go back to the
     scanner (SCHEDULED), as a create's do."""
-    if messages:
-        handed_back = publisher().publish(messages)
-        for job_id in handed_back:
-            log.warning("job %s: its dispatch was not published; the scanner dispatches it", job_id)
+    for job_id in publisher().publish(messages):
+        log.warning("job %s: its dispatch was not published; the scanner dispatches it", job_id)
+
+
+def _change_now(rt: Runtime, job_id: uuid.UUID, now: datetime, change: Callable[[Any], control.Outcome],
+                action: str, allowed: tuple[str, ...]) -> Job:
+    """Make ``change`` (a compare-and-set that leaves the job SCHEDULED, due now) and dispatch
+    the job in the same transaction; 409 naming the status that refused it. Returns the job
+    as stored after its dispatch was published."""
+    with session_scope(rt.settings) as session:
+        outcome = change(session)
+        if not outcome.done:
+            _conflict(job_id, outcome.status, action, allowed)
+        messages = _claim(rt, session, [job_id], now)
+    _publish(messages)
+    return _current(rt, job_id)
 
 
 def _current(rt: Runtime, job_id: uuid.UUID) -> Job:
@@ -118,14 +130,12 @@ class TriggerView(MethodView):
         """
         note("jobs.trigger", "job", job_id)
         uid, rt, now = job_id_of(job_id), runtime(), request_now()
-        with session_scope(rt.settings) as session:
+
+        def trigger(session: Any) -> control.Outcome:
             _found(session, uid)
-            outcome = control.trigger(session, uid, now=now, tenant=principal().tenant_scope)
-            if not outcome.done:
-                _conflict(uid, outcome.status, "triggered", control.NOT_STARTED)
-            messages = _claim(rt, session, [uid], now)
-        _publish(messages)
-        return _current(rt, uid)
+            return control.trigger(session, uid, now=now, tenant=principal().tenant_scope)
+
+        return _change_now(rt, uid, now, trigger, "triggered", control.NOT_STARTED)
 
 
 @blp.route("/<job_id>/rerun")
@@ -157,13 +167,9 @@ class RerunView(MethodView):
         # Outside the change's transaction: the quota reads (and may write) in its own, which
         # on SQLite would wait for this one's lock.
         rt.quotas.admit(job.tenant, 1)
-        with session_scope(rt.settings) as session:
-            outcome = control.rerun(session, uid, now=now, tenant=principal().tenant_scope)
-            if not outcome.done:
-                _conflict(uid, outcome.status, "rerun", control.FINISHED)
-            messages = _claim(rt, session, [uid], now)
-        _publish(messages)
-        return _current(rt, uid)
+        return _change_now(rt, uid, now, lambda session: control.rerun(session, uid, now=now,
+                                                                          tenant=principal().tenant_scope),
+                           "rerun", control.FINISHED)
 
 
 @blp.route("/<job_id>")

@@ -40,6 +40,8 @@ class DirectPublisher:
         """Queue ``messages`` without waiting for Kafka (single creates). Those Kafka refuses
         later are handed back in the background; those it refuses at once (broker unreachable)
         are handed back before this returns. Returns the jobs handed back (SCHEDULED again)."""
+        if not messages:
+            return set()
         sent, refused = self._send(messages)
         for message, future in sent:
             future.add_callback(self._acknowledged)

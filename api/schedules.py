@@ -90,11 +90,6 @@ def _make_now(session: Any, schedule: Schedule, now: datetime, *, resumed: bool 
     return store.claim_ids(session, soon, now=now, lease=settings.lease_seconds).messages if soon else []
 
 
-def _publish(messages: list[Any]) -> None:
-    if messages:
-        publisher().publish(messages)
-
-
 def _shown(session: Any, schedule: Schedule, *, figures: bool = False, last: dict[uuid.UUID, Job] | None = None
            ) -> dict[str, Any]:
     """The schedule as returned: its columns, next fire time (after jitter), last occurrence
@@ -174,7 +169,7 @@ class SchedulesView(MethodView):
             session.flush()
             messages = _make_now(session, schedule, now)
             shown = _shown(session, schedule)
-        _publish(messages)
+        publisher().publish(messages)
         note("schedules.create", "schedule", schedule.id)
         return shown, 201, {"Location": url_for("schedules.ScheduleView", schedule_id=str(schedule.id))}
 
@@ -245,7 +240,7 @@ class ScheduleView(MethodView):
             schedule.updated_at = now
             messages = _make_now(session, schedule, now) if not schedule.paused else []
             shown = _shown(session, schedule)
-        _publish(messages)
+        publisher().publish(messages)
         return shown
 
     @requires(Role.WRITER)
@@ -297,7 +292,7 @@ class ResumeView(MethodView):
                 schedule.paused_at = None
                 messages = _make_now(session, schedule, now, resumed=True)
             shown = _shown(session, schedule)
-        _publish(messages)
+        publisher().publish(messages)
         return shown
 
 
