@@ -19,7 +19,7 @@ def main(argv: list[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     ).parse_args(argv)
     settings = load_or_exit("api")
-    setup_logging(settings.log_level, "api")
+    setup_logging(settings.log_level, "api", settings.log_format)
     from api.server import serve  # after logging, so import-time log lines are formatted
 
     serve(settings)

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from flask import Flask, Response, request, send_from_directory
+from flask import Flask, Response, send_from_directory
 from swagger_ui_bundle import swagger_ui_path
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 import common
 from common.infra.config import Settings, load_settings
 
-from api import admin, audit, auth, control, health, jobs, publish, schedules
-from api.context import EXTENSION, Runtime, runtime
+from api import admin, audit, auth, control, events, health, jobs, me, metrics, overview, publish, schedules, ui
+from api.context import EXTENSION, Runtime
 from api.encoding import OrjsonProvider
 from api.errors import ChronoqApi, register_error_handlers
 
@@ -57,6 +57,7 @@ def create_app(settings: Settings | None = None) -> Flask:
                        "identity provider is configured, a JWT.",
     })
     register_error_handlers(app, api)
+    metrics.install(app)  # first: a request authentication answers is timed too
     auth.install(app)
     audit.install(app)
     api.register_blueprint(jobs.blp)
@@ -66,13 +67,9 @@ def create_app(settings: Settings | None = None) -> Flask:
     api.register_blueprint(admin.tenants)
     api.register_blueprint(admin.audit)
     api.register_blueprint(health.blp)
+    api.register_blueprint(events.blp)
+    api.register_blueprint(me.blp)
+    api.register_blueprint(overview.blp)
     app.add_url_rule(SWAGGER_UI_ASSETS + "<path:filename>", endpoint="api-docs-assets", view_func=_swagger_asset)
-    app.after_request(_count_request)
+    ui.install(app)
     return app
-
-
-def _count_request(response: Response) -> Response:
-    # The route pattern, not the path: ids in paths would make a label per job.
-    endpoint = request.url_rule.rule if request.url_rule is not None else "unmatched"
-    runtime().metrics.requests.labels(request.method, endpoint, str(response.status_code)).inc()
-    return response

@@ -39,6 +39,6 @@ def readyz() -> dict[str, Any]:
 @requires(Role.VIEWER)  # open when CHRONOQ_METRICS_AUTH=off (api/auth.py)
 @blp.doc(responses={"200": {"description": "Prometheus text format.", "content": {"text/plain": {}}}})
 def metrics() -> Response:
-    """Prometheus metrics of this worker process."""
+    """Prometheus metrics of the API: the sum of all its worker processes."""
     body, content_type = runtime().metrics.render()
     return Response(body, content_type=content_type)

@@ -9,5 +9,5 @@ from common.infra.logs import setup_logging
 from api.app import create_app
 
 settings = load_settings()
-setup_logging(settings.log_level, "api")
+setup_logging(settings.log_level, "api", settings.log_format)
 app = create_app(settings)

@@ -33,6 +33,7 @@ from common.infra.db import session_scope
 from common.infra.errors import DatabaseUnavailable
 from common.infra.retry import FIRE_PATH, GaveUp, retry
 
+from executor_service.metrics import CLAIM_BATCH, CLAIM_SECONDS
 from executor_service.tenants import Loaded, Tenants
 
 log = logging.getLogger(__name__)
@@ -203,6 +204,7 @@ class Claims(Generic[R]):
                         self._missed[attempt_key(m)] = error
             return claimed, failed, loaded
 
+        started = time.perf_counter()
         try:
             claimed, failed, loaded = retry(
                 run, on=DatabaseUnavailable, backoff=FIRE_PATH, give_up_after=self.settings.lease_seconds / 2,
@@ -211,6 +213,9 @@ class Claims(Generic[R]):
         except GaveUp as exc:
             log.warning("%s; the scanner re-dispatches them when their leases run out", exc)
             return [(Claim.UNAVAILABLE, None)] * len(messages)
+        finally:
+            CLAIM_SECONDS.observe(time.perf_counter() - started)  # on the database thread
+        CLAIM_BATCH.observe(len(messages))
         self.tenants.accept(loaded)
         out: list[tuple[Claim, R | None]] = []
         for message in messages:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,7 +29,10 @@ from common.infra.db import session_scope
 from common.infra.deadletter import DeadLetter
 from common.infra.errors import DatabaseUnavailable
 from common.infra.kafka import Producer
+from common.infra.logs import job_fields
 from common.infra.retry import PUBLISH, Pacer
+
+from executor_service.metrics import DEAD_LETTERED, PUBLISH_SECONDS, WRITE_SECONDS
 
 log = logging.getLogger(__name__)
 
@@ -149,18 +153,22 @@ class Outcomes:
                     "job %s: %s of attempt %d neither recorded nor published; the scanner "
                     "re-dispatches the job once its lease runs out",
                     update.job_id, update.status, update.attempt,
+                    extra=job_fields(update.job_id, update.attempt, update.token),
                 )
         letters = [r.dead_letter for r in batch if r.dead_letter is not None]
         for letter in letters:
             self.producer.dead_letter(letter)
+        DEAD_LETTERED.inc(len(letters))
         self.batches += 1
 
     def _record(self, ends: list[UpdateMessage]) -> bool:
         if not ends:
             return True
+        started = time.perf_counter()
         try:
             with session_scope(self.settings) as session:
                 store.end_attempts(session, ends, lease=self.settings.lease_seconds)
+            WRITE_SECONDS.observe(time.perf_counter() - started)
             return True
         except DatabaseUnavailable as exc:
             log.warning(
@@ -174,6 +182,7 @@ class Outcomes:
     def _publish(self, batch: list[Report]) -> list[bool]:
         """Send all, one flush, wait for the acks together; re-send the finals not acked."""
         topic = self.settings.topic_updates
+        started = time.perf_counter()
         acked = self.producer.send_all(topic, [(r.update.key, encode_update(r.update)) for r in batch])
         pacer = Pacer(PUBLISH, logger=log)
         for _ in range(PUBLISH_TRIES - 1):
@@ -186,6 +195,7 @@ class Outcomes:
             )
             for i, ok in zip(again, retried):
                 acked[i] = ok
+        PUBLISH_SECONDS.observe(time.perf_counter() - started)
         return acked
 
     def write_pending(self) -> int:

@@ -27,12 +27,14 @@ from common.infra import clock
 from common.infra.config import Settings
 from common.infra.deadletter import DeadLetter
 from common.infra.errors import JobTypeError
+from common.infra.logs import job_fields
 
 from executor_service.claims import Claim, Claims, missed
 from executor_service.context import HandlerContext, PermanentFailure
 from executor_service.deadline import Threads, call_handler
 from executor_service.handlers import NATIVE_TIMEOUT, Handler, resolve
 from executor_service.handlers.http import Pool
+from executor_service.metrics import new_fires
 from executor_service.outcomes import Outcomes, safe_output, short_error
 from executor_service.stats import Counters
 from executor_service.tenants import SigningUnavailable, Tenants
@@ -96,6 +98,7 @@ def prepare(
         log.warning(
             "job %s: dispatch %s names type %r, the job is %r; running the job's",
             message.job_id, message.token, message.type, row.type,
+            extra=job_fields(message.job_id, message.attempt, message.token),
         )
     try:
         handler = resolve(row.type, settings)
@@ -108,7 +111,8 @@ def prepare(
     except (JobTypeError, PermanentFailure, SigningUnavailable) as exc:
         problem = exc
     except Exception as exc:  # noqa: BLE001 - a bug here must fail one attempt, not the claimer
-        log.exception("job %s: cannot prepare attempt %d", message.job_id, message.attempt)
+        log.exception("job %s: cannot prepare attempt %d", message.job_id, message.attempt,
+                      extra=job_fields(message.job_id, message.attempt, message.token))
         problem = PermanentFailure(f"cannot prepare the run: {type(exc).__name__}: {exc}")
     else:
         return Run(row.type, row.tenant, payload, row.timeout_seconds, row.max_retries, handler, signing,
@@ -145,6 +149,9 @@ class Runner:
         self.running: dict[AttemptKey, DispatchMessage] = {}
         #: Attempts between their claim and their end (what a stop waits for).
         self.active = 0
+        #: (type, handler start, due) of each started attempt, for the lateness histogram
+        #: (executor_service.metrics): a fire only appends here.
+        self.fires = new_fires()
 
     async def fire(self, message: DispatchMessage) -> None:
         """APScheduler's job function. Never raises: an unexpected error is logged, and the
@@ -155,6 +162,7 @@ class Runner:
             log.exception(
                 "job %s attempt %d: unexpected executor error; the scanner re-dispatches it when "
                 "its lease runs out", message.job_id, message.attempt,
+                extra=job_fields(message.job_id, message.attempt, message.token),
             )
 
     async def _fire(self, message: DispatchMessage) -> None:
@@ -181,6 +189,9 @@ class Runner:
                 self._failed(message, run, now, exc)
             else:
                 self._succeeded(message, now, output)
+            finally:
+                # After the handler, not before it: the histogram is fed off the loop.
+                self.fires.append((run.type, now, message.execute_at))
         finally:
             self.running.pop(key, None)
             self.active -= 1
@@ -190,7 +201,8 @@ class Runner:
             self.counters.add("failed")
             now = clock.utcnow()
             error = self.claims.missed_error(message)  # word for word what the database says
-            log.warning("job %s FAILED without starting: %s", message.job_id, error)
+            log.warning("job %s FAILED without starting: %s", message.job_id, error,
+                        extra=job_fields(message.job_id, message.attempt, message.token))
             # The claim already wrote FAILED; the update tells the topic's readers.
             self.outcomes.final(self._update(message, JobStatus.FAILED, at=now, finished_at=now, error=error))
             return
@@ -200,6 +212,7 @@ class Runner:
                 "job %s dispatch %s attempt %d not started: cancelled, finished, superseded, or "
                 "not of the tenant its dispatch names",
                 message.job_id, message.token, message.attempt,
+                extra=job_fields(message.job_id, message.attempt, message.token),
             )
 
     async def _execute(self, message: DispatchMessage, run: Run) -> Any:
@@ -232,10 +245,12 @@ class Runner:
     def _succeeded(self, message: DispatchMessage, started_at: datetime, output: Any) -> None:
         finished = clock.utcnow()
         self.counters.add("succeeded")
-        log.debug(
-            "job %s attempt %d succeeded in %.3fs",
-            message.job_id, message.attempt, (finished - started_at).total_seconds(),
-        )
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "job %s attempt %d succeeded in %.3fs",
+                message.job_id, message.attempt, (finished - started_at).total_seconds(),
+                extra=job_fields(message.job_id, message.attempt, message.token),
+            )
         self.outcomes.final(self._update(
             message, JobStatus.SUCCESS, at=finished, started_at=started_at, finished_at=finished,
             output=safe_output(output),
@@ -258,6 +273,7 @@ class Runner:
             log.warning(
                 "job %s attempt %d failed (%s); retry %d in %.1fs",
                 message.job_id, message.attempt, error, message.attempt + 1, (next_at - finished).total_seconds(),
+                extra=job_fields(message.job_id, message.attempt, message.token),
             )
             self.outcomes.final(self._update(
                 message, JobStatus.RETRYING, at=finished, started_at=started_at, finished_at=finished,
@@ -275,11 +291,12 @@ class Runner:
             if not self.schedule(retry):
                 log.info(
                     "executor stopping: retry %d of job %s left to the scanner (after its lease)",
-                    retry.attempt, message.job_id,
+                    retry.attempt, message.job_id, extra=job_fields(message.job_id, retry.attempt, message.token),
                 )
             return
         self.counters.add("failed")
-        log.warning("job %s FAILED on attempt %d (%s): %s", message.job_id, message.attempt, decision.reason, error)
+        log.warning("job %s FAILED on attempt %d (%s): %s", message.job_id, message.attempt, decision.reason, error,
+                    extra=job_fields(message.job_id, message.attempt, message.token))
         self.outcomes.final(
             self._update(message, JobStatus.FAILED, at=finished, started_at=started_at, finished_at=finished, error=error),
             dead_letter=DeadLetter(
@@ -294,7 +311,8 @@ class Runner:
 
     def _report_missed(self, message: DispatchMessage, now: datetime, error: str) -> None:
         self.counters.add("failed")
-        log.warning("job %s FAILED without running: %s", message.job_id, error)
+        log.warning("job %s FAILED without running: %s", message.job_id, error,
+                    extra=job_fields(message.job_id, message.attempt, message.token))
         self.outcomes.final(self._update(message, JobStatus.FAILED, at=now, finished_at=now, error=error))
 
     def _update(self, message: DispatchMessage, status: JobStatus, *, at: datetime, **fields: Any) -> UpdateMessage:

@@ -36,7 +36,9 @@ from common.infra.db import session_scope
 from common.infra.errors import DatabaseUnavailable
 from common.infra.health import HealthCheck, consumers_check
 from common.infra.kafka import Producer
+from common.infra.logs import job_fields
 
+from executor_service import metrics
 from executor_service.claims import Claims
 from executor_service.outcomes import Outcomes
 from executor_service.runner import FIRE, Run, Runner, prepare, received
@@ -106,6 +108,7 @@ class Executor:
         self._closing = False
         #: Retries that came after the stop began; handed back with the rest.
         self._refused: list[DispatchMessage] = []
+        metrics.track(self)
         # Per-job INFO lines from APScheduler ("Running job …") would contend for the log
         # handler's lock at every fire; chronoq logs what matters itself.
         logging.getLogger("apscheduler").setLevel(logging.WARNING)
@@ -228,6 +231,7 @@ class Executor:
         last = self.counters.snapshot()
         last_at = time.monotonic()
         while not self.stop.wait(1.0):
+            metrics.observe_fires(self.runner.fires)
             now = self.counters.snapshot()
             elapsed = time.monotonic() - last_at
             if (now != last and elapsed >= STATUS_MIN_GAP) or elapsed >= STATUS_EVERY:
@@ -254,6 +258,7 @@ class Executor:
         self.outcomes.close()
         self.database.shutdown(wait=True)
         self.producer.close()
+        metrics.observe_fires(self.runner.fires)
         log.info("executor stopped: handed back %d jobs, finished %d; %s", handed_back, done, finished.line())
 
     def _on_loop(self, call: Callable[[], Any]) -> Any:
@@ -304,6 +309,6 @@ class Executor:
             if message.job_id not in handed:
                 log.info(
                     "job %s attempt %d not handed back (cancelled, finished or superseded meanwhile)",
-                    message.job_id, message.attempt,
+                    message.job_id, message.attempt, extra=job_fields(message.job_id, message.attempt, message.token),
                 )
         return len(handed)

@@ -18,7 +18,10 @@ from common.infra.db import session_scope
 from common.infra.errors import DatabaseUnavailable
 from common.infra.health import HealthCheck, consumers_check
 from common.infra.kafka import Producer
+from common.infra.logs import job_fields
 from common.infra.retry import DATABASE, GaveUp, retry
+
+from result_service import metrics
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +63,7 @@ class ResultWriter:
         """Record a batch in one transaction, waiting out a database outage; False only when
         stopped while the database was unavailable. Any other error goes to the consumer loop,
         which then finds and dead-letters the update that caused it."""
+        started = time.perf_counter()
         try:
             moved = retry(
                 lambda: self._apply(updates), on=DatabaseUnavailable, backoff=DATABASE, stop=self.stop,
@@ -69,14 +73,16 @@ class ResultWriter:
             return False
         self.applied += moved
         self.ignored += len(updates) - moved
+        metrics.observe_batch(len(updates), moved, time.perf_counter() - started)
         self._report()
         return True
 
     def _apply(self, updates: list[UpdateMessage]) -> int:
         with session_scope(self.settings) as session:
             moved = store.apply_updates(session, updates, lease=self.settings.lease_seconds)
-        for message in updates:
-            log.debug("job %s attempt %d: %s", message.job_id, message.attempt, message.status)
+        for message in updates if log.isEnabledFor(logging.DEBUG) else ():
+            log.debug("job %s attempt %d: %s", message.job_id, message.attempt, message.status,
+                      extra=job_fields(message.job_id, message.attempt, message.token))
         return moved
 
     def _report(self) -> None:

@@ -1,5 +1,6 @@
 """The scanner's maintenance thread: deletes what outlived its retention — finished jobs with
-their history (CHRONOQ_RETENTION_DAYS) and audit records (CHRONOQ_AUDIT_RETENTION_DAYS) — in
+their history (CHRONOQ_RETENTION_DAYS), audit records (CHRONOQ_AUDIT_RETENTION_DAYS) and job
+state changes (CHRONOQ_EVENTS_RETENTION_HOURS) — in
 small batches, each its own short transaction, so neither the scans nor the API wait on it.
 Any number of scanners may run it at once: batches skip rows another one holds."""
 
@@ -13,6 +14,7 @@ from datetime import datetime, timedelta
 from typing import Callable
 
 from common.core import store
+from common.core.events import prune_events
 from common.infra.config import Settings
 from common.infra.db import session_scope
 from common.infra.errors import DatabaseUnavailable
@@ -33,6 +35,7 @@ PROGRESS_EVERY = 10.0
 class Pruned:
     jobs: int = 0
     audit: int = 0
+    events: int = 0
 
 
 class Maintenance:
@@ -54,8 +57,10 @@ class Maintenance:
         started = last_report = time.monotonic()
         jobs_before = now - timedelta(days=self.settings.retention_days)
         audit_before = now - timedelta(days=self.settings.audit_retention_days)
+        events_before = now - timedelta(hours=self.settings.events_retention_hours)
         for what, prune, before in (("jobs", store.prune_finished, jobs_before),
-                                    ("audit", store.prune_audit, audit_before)):
+                                    ("audit", store.prune_audit, audit_before),
+                                    ("events", prune_events, events_before)):
             while not self.stop.is_set():
                 deleted = self._batch(prune, before)
                 setattr(result, what, getattr(result, what) + deleted)
@@ -64,13 +69,15 @@ class Maintenance:
                 if time.monotonic() - last_report >= PROGRESS_EVERY:
                     last_report = time.monotonic()
                     elapsed = last_report - started
-                    log.info("retention: %d finished jobs and %d audit records deleted so far (%.0f/s)",
-                             result.jobs, result.audit, (result.jobs + result.audit) / elapsed)
+                    log.info("retention: %d finished jobs, %d audit records and %d job events deleted so far "
+                             "(%.0f/s)", result.jobs, result.audit, result.events,
+                             (result.jobs + result.audit + result.events) / elapsed)
                 self.stop.wait(self.pause)
-        if result.jobs or result.audit:
-            log.info("retention: deleted %d jobs finished before %s and %d audit records before %s in %.1fs",
-                     result.jobs, jobs_before.isoformat(timespec="seconds"), result.audit,
-                     audit_before.isoformat(timespec="seconds"), time.monotonic() - started)
+        if result.jobs or result.audit or result.events:
+            log.info("retention: deleted %d jobs finished before %s, %d audit records before %s and %d job "
+                     "events before %s in %.1fs", result.jobs, jobs_before.isoformat(timespec="seconds"),
+                     result.audit, audit_before.isoformat(timespec="seconds"), result.events,
+                     events_before.isoformat(timespec="seconds"), time.monotonic() - started)
         return result
 
     def _batch(self, prune: Callable[..., int], before: datetime) -> int:

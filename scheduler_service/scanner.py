@@ -21,6 +21,7 @@ from common.infra.health import HealthCheck
 from common.infra.kafka import Producer
 from common.infra.retry import LOOP, Pacer
 from common.core.windows import dispatch_horizon, next_boundary
+from scheduler_service import metrics
 from scheduler_service.maintenance import Maintenance
 
 log = logging.getLogger(__name__)
@@ -160,8 +161,11 @@ class Scanner:
             now = self.clock()
             started = time.monotonic()
             try:
+                with session_scope(self.settings) as session:
+                    metrics.measure_backlog(session, now)
                 result = self.scan(now)
             except (DatabaseUnavailable, BrokerUnavailable) as exc:
+                metrics.failed_pass()
                 if isinstance(exc, DatabaseUnavailable) and self._down_since is None:
                     # Nobody could extend a lease since the last scan that reached the database.
                     self._down_since = self._last_ok
@@ -179,6 +183,7 @@ class Scanner:
                 self._down_since = self._grace_until = None
             last_sweep = now
             elapsed = time.monotonic() - started
+            metrics.observe_pass(result, elapsed, self.clock().timestamp())
             if result.published or result.unpublished or result.exhausted:
                 log.info(
                     "dispatched %d jobs due before %s in %.3fs (%.0f/s); %d put back, %d failed as lost",

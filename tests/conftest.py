@@ -35,6 +35,12 @@ TEST_SETTINGS = dict(
     # Tests of everything but security call the API without credentials; tests/*/test_auth*.py,
     # test_tenants*.py and the security e2e tests run with CHRONOQ_AUTH on.
     auth_enabled=False,
+    # The suite's services serve their metrics on any free port, never on the defaults a
+    # developer's `chronoq up` on the same machine wants.
+    api_metrics_port=0,
+    scanner_metrics_port=0,
+    executor_metrics_port=0,
+    results_metrics_port=0,
 )
 
 
@@ -87,7 +93,7 @@ def settings(pg_url: str) -> Iterator[Settings]:
     """Settings on the test database, emptied before each test."""
     result = load_settings({}, database_url=pg_url, **TEST_SETTINGS)
     with get_engine(result).begin() as conn:
-        conn.execute(sa.text("TRUNCATE job_attempts, jobs, schedules, api_keys, tenants, audit_log"))
+        conn.execute(sa.text("TRUNCATE job_attempts, jobs, job_events, schedules, api_keys, tenants, audit_log"))
     yield result
 
 

@@ -15,6 +15,7 @@ from common.core import store
 from common.infra.config import Settings
 from common.infra.db import session_scope
 from common.infra.kafka import Producer
+from common.infra.logs import job_fields
 from common.core.messages import encode_dispatch
 from common.infra.deadletter import DeadLetter
 
@@ -45,7 +46,7 @@ def dispatch(
     with session_scope(settings) as session:
         claimed = claim(session)
     for job_id in claimed.exhausted:
-        log.error("job %s FAILED: its lease ran out and no retries are left", job_id)
+        log.error("job %s FAILED: its lease ran out and no retries are left", job_id, extra=job_fields(job_id))
         producer.dead_letter(DeadLetter(reason="lease expired, retries exhausted", job_id=str(job_id)))
     result = DispatchResult(exhausted=len(claimed.exhausted))
     if not claimed.messages:

@@ -1,5 +1,5 @@
-"""The database schema: jobs, their attempt history, schedules, tenants, keys and audit. Migrations in ``common/core/migrations``
-create exactly this; a test compares the two."""
+"""The database schema: jobs, their attempt history and status changes, schedules, tenants, keys
+and audit. Migrations in ``common/core/migrations`` create exactly this; a test compares the two."""
 
 from __future__ import annotations
 
@@ -247,6 +247,36 @@ class ApiKey(Base):
     created_by: Mapped[str | None] = mapped_column(String(200), nullable=True)
     last_used_at: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
     revoked_at: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
+
+
+class JobEvent(Base):
+    """One change of a job's status, as ``GET /api/events`` streams it. Written by database
+    triggers on ``jobs`` (migration 0007), in the transaction of the change, whichever code
+    path made it; the columns copy what a client filters on, so a stream reads no job row."""
+
+    __tablename__ = "job_events"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
+    #: No foreign key: events outlive the jobs retention deletes, and the trigger stays cheap.
+    job_id: Mapped[uuid.UUID] = mapped_column(Uuid)
+    tenant: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16))
+    #: Null for the job's creation.
+    previous_status: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    #: The job's ``attempts`` after the change (the attempt a RUNNING event starts).
+    attempt: Mapped[int] = mapped_column(Integer)
+    schedule_id: Mapped[uuid.UUID | None] = mapped_column(Uuid, nullable=True)
+    name: Mapped[str] = mapped_column(String(200))
+    type: Mapped[str] = mapped_column(String(100))
+    #: The database's clock when the change was written.
+    at: Mapped[datetime] = mapped_column(Timestamp)
+
+    __table_args__ = (
+        # Retention deletes the oldest events first.
+        Index("ix_job_events_at", "at"),
+        # SQLite reuses the highest rowid once its row is deleted; ids must only grow (resumption).
+        {"sqlite_autoincrement": True},
+    )
 
 
 class AuditRecord(Base):

@@ -215,7 +215,7 @@ def last_occurrences(session: Session, schedule_ids: Iterable[uuid.UUID], *, now
     return {job.schedule_id: job for job in rows if job.schedule_id is not None}
 
 
-def _percentile(values: list[float], q: float) -> float | None:
+def percentile(values: list[float], q: float) -> float | None:
     """The ``q`` quantile (0..1) of ``values`` by the nearest-rank method; None when empty."""
     if not values:
         return None
@@ -250,8 +250,8 @@ def figures(session: Session, schedule_id: uuid.UUID, *, over: int = FIGURES_OVE
         "occurrences": len(jobs),
         "by_status": by_status,
         "lateness_ms": {
-            "p50": rounded(_percentile(lateness, 0.50)),
-            "p99": rounded(_percentile(lateness, 0.99)),
+            "p50": rounded(percentile(lateness, 0.50)),
+            "p99": rounded(percentile(lateness, 0.99)),
             "max": rounded(max(lateness)) if lateness else None,
             "measured": len(lateness),
         },

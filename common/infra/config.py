@@ -46,6 +46,27 @@ def _port(raw: str) -> int:
     return value
 
 
+#: The value of a port setting that means "no endpoint".
+PORT_OFF = -1
+
+
+def _port_or_off(raw: str) -> int:
+    """A port (0: any free one), or ``off`` (:data:`PORT_OFF`; also written back as ``-1``)."""
+    if raw.strip().lower() in {"off", "-1"}:
+        return PORT_OFF
+    return _port(raw)
+
+
+def _choice(*allowed: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        value = raw.strip().lower()
+        if value not in allowed:
+            raise ValueError(f"expected one of {', '.join(allowed)}, got {raw!r}")
+        return value
+
+    return parse
+
+
 def _name(raw: str) -> str:
     """A Kafka group-name part: letters, digits, '.', '_' and '-'."""
     value = raw.strip()
@@ -243,6 +264,31 @@ class Settings:
     audit_retention_days: float = _opt(
         "AUDIT_RETENTION_DAYS", 90.0, _positive(float), "Audit records older than this are deleted by the scanner."
     )
+    events_retention_hours: float = _opt(
+        "EVENTS_RETENTION_HOURS", 24.0, _positive(float),
+        "Job state changes are kept this long for `GET /api/events` clients that resume with Last-Event-ID; "
+        "older ones are deleted by the scanner's maintenance thread.",
+    )
+    events_stream_seconds: float = _opt(
+        "EVENTS_STREAM_SECONDS", 300.0, _positive(float),
+        "A `GET /api/events` stream ends after this long (clients reconnect with Last-Event-ID), so that "
+        "no API thread is held for ever.",
+    )
+    events_max_streams: int = _opt(
+        "EVENTS_MAX_STREAMS", 4, _positive(int),
+        "Open `GET /api/events` streams per API worker process (each holds one of its 8 threads); "
+        "beyond it: 503 with Retry-After.",
+    )
+    events_keepalive_seconds: float = _opt(
+        "EVENTS_KEEPALIVE_SECONDS", 5.0, _positive(float),
+        "A `GET /api/events` stream sends a `: keep-alive` comment after this long without an event; "
+        "a client that left is noticed at the next write, which frees its stream's place.",
+    )
+    events_poll_seconds: float = _opt(
+        "EVENTS_POLL_SECONDS", 0.2, _positive(float),
+        "How often an API process with open event streams reads new job state changes (one query "
+        "for all its streams).",
+    )
     secret_key: str = _opt(
         "SECRET_KEY", "", str,
         "Fernet key(s) that encrypt secret header and env values and signing secrets at rest, comma "
@@ -276,10 +322,36 @@ class Settings:
     )
     health_port: int = _opt(
         "HEALTH_PORT", 0, _port,
-        "Port of the health and metrics endpoint (`/healthz`, `/metrics`) of the scanner, executors "
-        "and result writer; 0: none.",
+        "One port for the health and metrics endpoint (`/healthz`, `/metrics`) of whichever service "
+        "runs (a container each); 0: each service its own port below.",
     )
-    health_host: str = _opt("HEALTH_HOST", "127.0.0.1", str, "Address the health endpoint binds to.")
+    health_host: str = _opt(
+        "HEALTH_HOST", "127.0.0.1", str,
+        "Address the metrics (and health) endpoints of the API, scanner, executors and result writer bind to.",
+    )
+    scanner_metrics_port: int = _opt(
+        "SCANNER_METRICS_PORT", 9101, _port_or_off,
+        "The scanner's `/metrics` and `/healthz` port; 0: any free port (logged); `off`: none.",
+    )
+    results_metrics_port: int = _opt(
+        "RESULTS_METRICS_PORT", 9102, _port_or_off,
+        "The result writer's `/metrics` and `/healthz` port; 0: any free port (logged); `off`: none.",
+    )
+    api_metrics_port: int = _opt(
+        "API_METRICS_PORT", 9103, _port_or_off,
+        "Port where the API's gunicorn master serves the `/metrics` of all its workers, without a "
+        "credential (on CHRONOQ_HEALTH_HOST); 0: any free port (logged); `off`: none.",
+    )
+    executor_metrics_port: int = _opt(
+        "EXECUTOR_METRICS_PORT", 9110, _port_or_off,
+        "An executor's `/metrics` and `/healthz` port (`chronoq up` gives its executors 9110, 9111, …); "
+        "taken: any free port, logged; 0: any free port; `off`: none.",
+    )
+    log_format: str = _opt(
+        "LOG_FORMAT", "text", _choice("text", "json"),
+        "`text`: one readable line per event; `json`: one JSON object per line, with `job_id`, "
+        "`attempt` and `token` as fields where a line is about a job.",
+    )
     log_level: str = _opt("LOG_LEVEL", "INFO", str, "Log level of every service.")
 
     @property

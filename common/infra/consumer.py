@@ -76,6 +76,27 @@ def _joined(consumer: Any) -> bool:
     return bool(coordinator.stable())
 
 
+#: Seconds between two measures of a member's lag.
+LAG_EVERY = 1.0
+
+
+def consumer_lag(consumer: Any) -> int | None:
+    """High-water mark minus position, summed over ``consumer``'s assigned partitions, as its
+    last fetch responses told them; None when not known yet (no fetch, no position)."""
+    try:
+        total, known = 0, False
+        for partition in consumer.assignment() or ():
+            high = consumer.highwater(partition)
+            position = consumer._subscription.assignment[partition].position
+            if high is None or position is None:
+                continue
+            total += max(0, high - position.offset)
+            known = True
+        return total if known else None
+    except Exception:  # noqa: BLE001 - a rebalance moved the partitions meanwhile: next time
+        return None
+
+
 def _reason(exc: BaseException) -> str:
     return str(exc) if isinstance(exc, MessageError) else f"{type(exc).__name__}: {exc}"
 
@@ -108,6 +129,7 @@ class ConsumerLoop(Generic[M]):
         self.assigned = threading.Event()  # set once the group gave this member partitions
         self.health = GroupHealth(group_id, topic)
         self._idle_logged = False
+        self._lag_due = 0.0
 
     def run(self) -> None:
         """Consume until ``stop`` is set. Broker errors are retried inside; anything unexpected
@@ -148,6 +170,7 @@ class ConsumerLoop(Generic[M]):
                     pacer.failed(f"poll of {self.topic} failed: {exc!r}")
                     continue
                 pacer.succeeded()
+                self._measure_lag(consumer)
                 if self._stuck(consumer, member_since):
                     self._close(consumer, leave=False)
                     consumer = None
@@ -169,6 +192,17 @@ class ConsumerLoop(Generic[M]):
             if consumer is not None:
                 self._close(consumer)
             log.info("consumer of %s (group %s) closed", self.topic, self.group_id)
+
+    def _measure_lag(self, consumer: Any) -> None:
+        """At most once a second: records on this member's partitions not yet fetched, from what
+        the last fetches said (no request of its own)."""
+        now = time.monotonic()
+        if now < self._lag_due:
+            return
+        self._lag_due = now + LAG_EVERY
+        lag = consumer_lag(consumer)
+        if lag is not None:
+            self.health.behind(lag)
 
     # -- membership -------------------------------------------------------------------------
 
@@ -247,7 +281,9 @@ class ConsumerLoop(Generic[M]):
         return True
 
     def _dead_letter(self, record: Any, reason: str) -> None:
-        log.warning("%s sent to %s: %s", self._where(record), self.settings.topic_dlq, reason)
+        key = record.key.decode(errors="replace")[:100] if record.key is not None else None
+        log.warning("%s sent to %s: %s", self._where(record), self.settings.topic_dlq, reason,
+                    extra={"job_id": key} if key else None)
         self.health.dead_letter()
         self.producer.dead_letter(DeadLetter.from_record(record, reason), wait=True)
 

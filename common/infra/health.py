@@ -1,20 +1,19 @@
 """Health of the background services (scanner, executors, result writer): what each consumer
 knows of its group, as Prometheus metrics and as a small HTTP endpoint (``/healthz``,
-``/metrics``) that is off unless ``CHRONOQ_HEALTH_PORT`` opens it, on 127.0.0.1 by default."""
+``/metrics``), each service on its own port (``common.infra.metrics.endpoint_port``), on
+127.0.0.1 by default."""
 
 from __future__ import annotations
 
-import json
 import logging
-import threading
 import time
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable
 
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, generate_latest
+from prometheus_client import Counter, Gauge
 
 from common.infra.config import Settings
+from common.infra.metrics import MetricsEndpoint
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +38,11 @@ DEAD_LETTERED = Counter(
     "chronoq_consumer_dead_lettered", "Records sent to the dead-letter topic instead of being handled.",
     ["group", "topic"],
 )
+LAG = Gauge(
+    "chronoq_consumer_lag",
+    "Records on this member's partitions not yet fetched (high-water mark minus position), at its last poll.",
+    ["group", "topic"],
+)
 
 
 @dataclass
@@ -51,6 +55,8 @@ class GroupHealth:
     stuck: bool = False
     rejoins: int = 0
     dead_lettered: int = 0
+    #: Records behind the high-water marks of its partitions, at the last measure (None: unknown).
+    lag: int | None = None
     #: time.monotonic() since when the member has had no completed join; None while it has one.
     unstable_since: float | None = field(default_factory=time.monotonic)
 
@@ -73,6 +79,11 @@ class GroupHealth:
         self.rejoins += 1
         REJOINS.labels(self.group, self.topic).inc()
         self._export()
+
+    def behind(self, records: int) -> None:
+        """Record the member's lag (records on its partitions not yet fetched)."""
+        self.lag = records
+        LAG.labels(self.group, self.topic).set(records)
 
     def dead_letter(self) -> None:
         self.dead_lettered += 1
@@ -98,6 +109,7 @@ class GroupHealth:
             "unstable_seconds": round(self.unstable_for(), 1),
             "fresh_rejoins": self.rejoins,
             "dead_lettered": self.dead_lettered,
+            "lag": self.lag,
         }
 
 
@@ -117,49 +129,38 @@ def consumers_check(*members: GroupHealth) -> HealthCheck:
 
 class HealthServer:
     """``GET /healthz`` (200 healthy, 503 not; JSON either way) and ``GET /metrics``
-    (Prometheus text) on ``CHRONOQ_HEALTH_HOST:CHRONOQ_HEALTH_PORT``, in a daemon thread."""
+    (Prometheus text) on ``CHRONOQ_HEALTH_HOST`` and ``port`` (default ``CHRONOQ_HEALTH_PORT``,
+    0: none), served by :class:`~common.infra.metrics.MetricsEndpoint` in a daemon thread."""
 
-    def __init__(self, settings: Settings, check: HealthCheck, service: str) -> None:
+    def __init__(self, settings: Settings, check: HealthCheck, service: str, port: int | None = None) -> None:
         self.settings = settings
         self.check = check
         self.service = service
-        self._server: ThreadingHTTPServer | None = None
+        #: None: no endpoint; 0: any free port.
+        self.wanted = port if port is not None else (settings.health_port or None)
+        self._server: MetricsEndpoint | None = None
+
+    @property
+    def port(self) -> int:
+        """The port bound (0 while not serving)."""
+        return self._server.port if self._server is not None else 0
 
     def start(self) -> "HealthServer":
-        if not self.settings.health_port:
+        if self.wanted is None:
             return self
         check, service = self.check, self.service
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - the http.server naming
-                if self.path.split("?")[0] == "/healthz":
-                    ok, details = check()
-                    body = json.dumps({"status": "ok" if ok else "unhealthy", "service": service, **details}).encode()
-                    self._answer(200 if ok else 503, body, "application/json")
-                elif self.path.split("?")[0] == "/metrics":
-                    self._answer(200, generate_latest(REGISTRY), CONTENT_TYPE_LATEST)
-                else:
-                    self._answer(404, b'{"status": "not found"}', "application/json")
+        def healthz() -> tuple[int, dict[str, Any]]:
+            ok, details = check()
+            return (200 if ok else 503), {"status": "ok" if ok else "unhealthy", "service": service, **details}
 
-            def _answer(self, status: int, body: bytes, content_type: str) -> None:
-                self.send_response(status)
-                self.send_header("Content-Type", content_type)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: Any) -> None:  # probes every few seconds: not worth a line
-                pass
-
-        self._server = ThreadingHTTPServer((self.settings.health_host, self.settings.health_port), Handler)
-        self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, name="health", daemon=True).start()
-        log.info("health and metrics on http://%s:%d/healthz and /metrics",
-                 self.settings.health_host, self.settings.health_port)
+        self._server = MetricsEndpoint(
+            self.settings.health_host, self.wanted, routes={"/healthz": healthz}, name=f"{service}-metrics",
+        ).start()
+        log.info("%s health and metrics on %s/healthz and /metrics", service, self._server.url)
         return self
 
     def stop(self) -> None:
         if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
+            self._server.stop()
             self._server = None

@@ -11,7 +11,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError, UnknownProducerIdError
 from kafka.partitioner.default import murmur2
@@ -305,6 +305,29 @@ def make_consumer(settings: Settings, topic: str, group_id: str, client_id: str 
         )
     except KafkaError as exc:
         raise BrokerUnavailable(f"cannot reach Kafka at {settings.kafka_bootstrap}: {exc}") from exc
+
+
+def topic_size(settings: Settings, topic: str, timeout_ms: int = 3000) -> int:
+    """How many messages ``topic`` holds now: end offsets minus beginning offsets, summed over
+    its partitions (0 for a topic that does not exist yet). Reads offsets only, joins no group."""
+    try:
+        consumer = KafkaConsumer(bootstrap_servers=_servers(settings), client_id="chronoq-offsets", group_id=None,
+                                 enable_auto_commit=False, bootstrap_timeout_ms=timeout_ms,
+                                 request_timeout_ms=max(timeout_ms, 1000) + 500, **security_options(settings))
+    except KafkaError as exc:
+        raise BrokerUnavailable(f"cannot reach Kafka at {settings.kafka_bootstrap}: {exc}") from exc
+    try:
+        numbers = consumer.partitions_for_topic(topic) or set()
+        partitions = [TopicPartition(topic, n) for n in sorted(numbers)]
+        if not partitions:
+            return 0
+        ends = consumer.end_offsets(partitions)
+        starts = consumer.beginning_offsets(partitions)
+        return sum(max(0, ends[p] - starts[p]) for p in partitions)
+    except KafkaError as exc:
+        raise BrokerUnavailable(f"cannot read the offsets of {topic}: {exc}") from exc
+    finally:
+        consumer.close()
 
 
 def ensure_topics(settings: Settings) -> None:

@@ -99,13 +99,16 @@ def run_service(name: str, build: Callable[["Settings", threading.Event], Servic
     from common.infra.logs import setup_logging
 
     from common.infra.health import HealthServer
+    from common.infra.metrics import endpoint_port
 
     settings = load_or_exit(name)
-    setup_logging(settings.log_level, name)
+    setup_logging(settings.log_level, name, settings.log_format)
     database_or_exit(name, settings)
     with on_stop(threading.Event(), name) as stop:
         service = build(settings, stop)
-        health = HealthServer(settings, getattr(service, "health", lambda: (True, {})), name).start()
+        health = HealthServer(
+            settings, getattr(service, "health", lambda: (True, {})), name, port=endpoint_port(settings, name),
+        ).start()
         try:
             service.run()
         finally:

@@ -1,6 +1,7 @@
 """The ``chronoq`` command: ``up`` (everything locally), ``migrate``, ``topics``, ``config``,
 and one subcommand per service (``api``, ``scanner``, ``executor``, ``results``), which replaces
-itself with ``python -m <service>`` so signals reach the service directly."""
+itself with ``python -m <service>`` so signals reach the service directly; and the API
+client's ``jobs`` and ``schedules`` (chronoq/cli.py), which read no server setting."""
 
 from __future__ import annotations
 
@@ -57,16 +58,25 @@ def build_parser() -> argparse.ArgumentParser:
     secrets.add_parser("rotate", help="re-encrypt every stored secret with the first key of CHRONOQ_SECRET_KEY")
     for name, (_module, help_text) in SERVICES.items():
         sub.add_parser(name, help=f"run {help_text}")
+    # The API's client commands (jobs, schedules): argument declarations only; the client
+    # itself is imported when one of them runs.
+    from chronoq.cli import add_parsers
+
+    add_parsers(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command in ("jobs", "schedules"):  # the client: no server settings needed or read
+        from chronoq.cli import run
+
+        return run(args)
     if args.command in SERVICES:
         module = SERVICES[args.command][0]
         os.execv(sys.executable, [sys.executable, "-m", module])
     settings = load_or_exit(args.command)
-    setup_logging(settings.log_level, "chronoq")
+    setup_logging(settings.log_level, "chronoq", settings.log_format)
     log = logging.getLogger("chronoq")
     try:
         if args.command == "up":

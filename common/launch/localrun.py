@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -21,6 +22,7 @@ from common.launch.broker import LocalBroker, free_port
 from common.infra.config import Settings
 from common.infra.db import check_database, masked_url, session_scope
 from common.infra.kafka import ensure_topics
+from common.infra.metrics import endpoint_port
 from common.infra.lifecycle import EXIT_OK, on_stop
 from common.core import apikeys
 from common.core.migrate import upgrade
@@ -41,14 +43,47 @@ CHILDREN = [
 STOP_TIMEOUT = 30.0
 
 
+#: The setting that gives each background service its metrics and health port.
+PORT_SETTINGS = {
+    "api": ("api", "CHRONOQ_API_METRICS_PORT"),
+    "scheduler_service": ("scanner", "CHRONOQ_SCANNER_METRICS_PORT"),
+    "executor_service": ("executor", "CHRONOQ_EXECUTOR_METRICS_PORT"),
+    "result_service": ("results", "CHRONOQ_RESULTS_METRICS_PORT"),
+}
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def metrics_port(settings: Settings, module: str, index: int = 0) -> int:
+    """The port a background service gets: its setting (executors: the setting plus their
+    index), or a free one when that is taken (another `chronoq up` on this machine) or 0."""
+    if module not in PORT_SETTINGS:
+        return 0
+    wanted = endpoint_port(replace(settings, health_port=0), PORT_SETTINGS[module][0])
+    if wanted is None:  # `off`: the supervisor still needs /healthz, on a free port
+        return free_port()
+    wanted = wanted + index if wanted else 0
+    return wanted if wanted and wanted <= 65535 and _port_free(wanted) else free_port()
+
+
 class Child:
     """One service process whose output is copied, prefixed, to our stdout and a log file."""
 
-    def __init__(self, name: str, module: str, env: dict[str, str], log_dir: Path, width: int) -> None:
+    def __init__(self, name: str, module: str, env: dict[str, str], log_dir: Path, width: int,
+                 metrics_port: int = 0) -> None:
         self.name = name
-        # Every background service gets a health endpoint on loopback, for the supervisor.
-        self.health_port = free_port() if module != "api" else 0
-        env = {**env, "CHRONOQ_HEALTH_PORT": str(self.health_port)} if self.health_port else env
+        # Every service gets its metrics endpoint on loopback, on the port chosen for it (the
+        # supervisor asks the background services' /healthz there).
+        self.health_port = metrics_port
+        if module in PORT_SETTINGS:
+            env = {**env, "CHRONOQ_HEALTH_PORT": "0", PORT_SETTINGS[module][1]: str(metrics_port)}
         self.log_file: IO[str] = open(log_dir / f"{name}.log", "a", encoding="utf-8")
         self.process = subprocess.Popen(
             [sys.executable, "-m", module],
@@ -214,20 +249,27 @@ def run_local(settings: Settings, *, port: int | None = None, home: str | None =
         }
         if sqlite:
             env.setdefault("CHRONOQ_API_WORKERS", "1")  # one SQLite writer is plenty locally
-        names = [(n, m) for n, m in CHILDREN if n != "executor"]
-        names[1:1] = [(f"executor{i + 1}" if executors > 1 else "executor", "executor_service") for i in range(executors)]
-        width = max(len(n) for n, _ in names)
+        names = [(n, m, 0) for n, m in CHILDREN if n != "executor"]
+        names[1:1] = [(f"executor{i + 1}" if executors > 1 else "executor", "executor_service", i)
+                      for i in range(executors)]
+        width = max(len(n) for n, _, _ in names)
         with on_stop(threading.Event(), "chronoq up") as stop:
-            for name, module in names:
-                children.append(Child(name, module, env, log_dir, width))
+            for name, module, index in names:
+                children.append(Child(name, module, env, log_dir, width, metrics_port(settings, module, index)))
             base = f"http://{'127.0.0.1' if settings.api_host in ('0.0.0.0', '') else settings.api_host}:{settings.api_port}"
+            metrics_lines = "".join(
+                f"  {'metrics' if i == 0 else '':<8} {child.name:<{width}} http://127.0.0.1:{child.health_port}/metrics\n"
+                for i, child in enumerate(c for c in children if c.health_port)
+            )
             print(
                 f"\nchronoq is up (state in {settings.home})\n"
                 f"  API      {base}/api/jobs\n"
+                f"  UI       {base}/ui/  (the dashboard; sign in with an API key)\n"
                 f"  docs     {base}/docs  (OpenAPI: {base}/openapi.json)\n"
                 f"  database {masked_url(settings.resolved_database_url)}\n"
                 f"  broker   {broker.bootstrap} (tansu, memory storage)\n"
                 f"  logs     {log_dir}\n"
+                f"{metrics_lines}"
                 f"  http     jobs may call {', '.join(settings.http_allow_private)} (CHRONOQ_HTTP_ALLOW_PRIVATE) "
                 "besides public hosts\n"
                 f"{auth_lines}"

@@ -88,10 +88,14 @@ def make_system(pg_url: str, broker: LocalBroker, tmp_path: Path) -> Iterator[Ca
 
 def module_system(pg_url: str, broker: LocalBroker, logs: Path, **overrides: Any) -> Iterator[System]:
     """A system shared by a module's tests (a module-scoped fixture yields from this): started
-    and warmed up, its logs printed if that fails, stopped cleanly at the end."""
+    and warmed up, its logs printed if that fails, stopped cleanly at the end. With
+    authentication on, ``system.headers`` carry an admin key of tenant ``ops``."""
     settings = system_settings(pg_url, broker.bootstrap, **overrides)
     ensure_topics(settings)
-    running = System(settings, logs).start()
+    running = System(settings, logs)
+    if settings.auth_enabled:
+        running.headers = key_headers(settings, "ops", "admin")
+    running.start()
     try:
         warm_up(running)
     except BaseException:

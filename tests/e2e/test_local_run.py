@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -48,6 +49,14 @@ def test_chronoq_up_runs_a_job_and_stops_cleanly(tmp_path: Path) -> None:
         wait_for(lambda: requests.get(job_url, headers=auth, timeout=5).json()["status"] == "SUCCESS",
                  timeout=60, what="SUCCESS")
         assert requests.get(f"{base}/openapi.json", timeout=5).status_code == 200
+        # The banner names each service's metrics address; the executor's counted the job.
+        addresses = dict(re.findall(r"^\s+(?:metrics)?\s+(api|scanner|executor|results)\s+(http://127\.0\.0\.1:\d+/metrics)$",
+                                    "".join(lines), re.M))
+        assert set(addresses) == {"api", "scanner", "executor", "results"}, addresses
+        assert len(set(addresses.values())) == 4
+        wait_for(lambda: 'chronoq_executor_fire_lateness_seconds_count{type="noop"} 1.0'
+                 in requests.get(addresses["executor"], timeout=5).text, timeout=10, what="the job's lateness")
+        assert "chronoq_api_requests_total" in requests.get(addresses["api"], timeout=5).text
         broker_port = int((tmp_path / "state" / "broker.port").read_text())
     finally:
         process.send_signal(signal.SIGTERM)

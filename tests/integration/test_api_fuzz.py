@@ -85,6 +85,9 @@ OPERATIONS: dict[tuple[str, str], int] = {
     ("POST", "/api/tenants/{name}/signing-secret/rotate"): 10,
     ("DELETE", "/api/tenants/{name}/signing-secret/previous"): 10,
     ("GET", "/api/audit"): 40,
+    ("GET", "/api/events"): 20,
+    ("GET", "/api/me"): 3,
+    ("GET", "/api/overview"): 20,
     ("GET", "/healthz"): 3,
     ("GET", "/readyz"): 3,
     ("GET", "/metrics"): 3,
@@ -117,6 +120,7 @@ EXPECTED_STATUSES: dict[tuple[str, str], set[int]] = {
     ("GET", "/api/tenants/{name}"): {200, 404},
     ("PATCH", "/api/tenants/{name}"): {200, 404, 422},
     ("GET", "/api/audit"): {200, 422},
+    ("GET", "/api/events"): {200, 422},
     ("POST", "/api/jobs/{job_id}/trigger"): {200, 404, 409},
     ("POST", "/api/jobs/{job_id}/rerun"): {200, 404, 409},
     ("PATCH", "/api/jobs/{job_id}"): {200, 404, 409, 422},
@@ -127,6 +131,7 @@ EXPECTED_STATUSES: dict[tuple[str, str], set[int]] = {
     ("PATCH", "/api/schedules/{schedule_id}"): {200, 404, 422},
     ("DELETE", "/api/schedules/{schedule_id}"): {204, 404},
     ("GET", "/api/schedules/{schedule_id}/preview"): {200, 404},
+    ("GET", "/api/overview"): {200, 422},
 }
 
 ERROR_KEYS = {"code", "status", "message", "errors"}
@@ -159,6 +164,8 @@ def secure_app(settings: Settings) -> Iterator[Flask]:
         # with the generated data, and past 20 a minute the limit on failed authentications
         # would answer 429 (tested in test_auth.py), not the 401 these cases check.
         auth_failures_per_minute=100_000,
+        # An event stream lasts this long, so that each fuzzed GET /api/events answers quickly.
+        events_stream_seconds=0.05,
     ))
     yield application
     application.extensions["chronoq"].close()

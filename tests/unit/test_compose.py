@@ -315,13 +315,40 @@ def test_api_auth_is_on_and_not_a_variable(raw: dict, resolved: dict) -> None:
     assert api.metrics_auth is True
 
 
+#: The optional observability profile: published, but on loopback only.
+OBSERVABILITY = {"prometheus": [("127.0.0.1", 9090, 9090)], "grafana": [("127.0.0.1", 3000, 3000)]}
+
+
 def test_only_the_api_publishes_a_port_and_on_loopback(resolved: dict) -> None:
     services = resolved["services"]
     for name, service in services.items():
-        if name != "api":
+        if name != "api" and name not in OBSERVABILITY:
             assert not service.get("ports"), f"{name} publishes {service['ports']}"
-            assert not service.get("network_mode"), name  # host networking would publish everything
+        assert not service.get("network_mode"), name  # host networking would publish everything
     assert _ports(services["api"]) == [("127.0.0.1", 8080, 8080)]
+    for name, ports in OBSERVABILITY.items():
+        assert _ports(services[name]) == ports, name
+
+
+def test_observability_profile_scrapes_every_chronoq_service(raw: dict, resolved: dict) -> None:
+    """Prometheus and Grafana start only with `--profile observability`, read their files from
+    deploy/ (which exist), and Prometheus scrapes each long-running chronoq service on the
+    port the containers serve their metrics on."""
+    services = resolved["services"]
+    for name in OBSERVABILITY:
+        assert raw["services"][name]["profiles"] == ["observability"], name
+        for volume in raw["services"][name]["volumes"]:
+            source = volume.split(":")[0]
+            if source.startswith("./"):
+                assert (ROOT / source).exists(), f"{name} mounts {source}, which does not exist"
+        assert "no-new-privileges:true" in services[name]["security_opt"], name
+    assert _env(services["grafana"])["GF_SECURITY_DISABLE_INITIAL_ADMIN_CREATION"] == "true"
+    scrape = _yaml().safe_load((ROOT / "deploy/prometheus/prometheus.yml").read_text())["scrape_configs"]
+    targets = {sd["names"][0]: sd["port"] for job in scrape for sd in job["dns_sd_configs"]}
+    for name in ("api", "scanner", "executor", "results"):
+        settings = load_settings(_env(services[name]))
+        assert targets[name] == settings.health_port, name
+        assert settings.health_host == "0.0.0.0", name  # reachable on the compose network
 
 
 def test_api_publish_address_can_be_chosen() -> None:
