@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Callable, Iterable
 
+from flask import has_request_context, request
 from marshmallow import ValidationError
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -25,6 +26,7 @@ from common.core import store
 from common.core.models import Job
 from common.core.states import JobStatus
 from common.core.windows import needs_direct_dispatch
+from common.infra import tracing
 from common.infra.clock import isoformat
 from common.infra.db import session_scope
 from common.infra.errors import DatabaseUnavailable
@@ -48,11 +50,22 @@ def request_hash(body: Any) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def _new_job(fields: dict[str, Any], tenant: str, idempotency_key: str | None, body_hash: str | None) -> dict[str, Any]:
-    return {
+def _new_job(
+    fields: dict[str, Any], tenant: str, idempotency_key: str | None, body_hash: str | None,
+    trace: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    job = {
         "id": uuid.uuid4(), "tenant": tenant, "idempotency_key": idempotency_key,
         "request_hash": body_hash if idempotency_key else None, **fields,
     }
+    if trace:
+        job["trace_context"] = trace
+    return job
+
+
+def _incoming_trace() -> dict[str, str] | None:
+    """The request's own ``traceparent`` (and ``tracestate``), the parent of a create's span."""
+    return tracing.carrier_of_headers(request.headers.items()) if has_request_context() else None
 
 
 def _store(rt: Runtime, session: Any, jobs: list[dict[str, Any]], now: datetime) -> list[Any]:
@@ -77,9 +90,23 @@ def create_job(
 ) -> Created:
     """Store a job of ``tenant`` from validated ``fields`` and dispatch it if it is due soon.
     With an ``idempotency_key`` the tenant already used for the same body the first job is
-    returned instead; for a different body, :class:`IdempotencyConflict`."""
+    returned instead; for a different body, :class:`IdempotencyConflict`. With tracing on, in
+    a "create job" span (a child of the request's ``traceparent``) whose context the job keeps."""
+    if not tracing.active():
+        return _create_job(rt, fields, tenant=tenant, now=now, idempotency_key=idempotency_key, body_hash=body_hash)
+    with tracing.span("create job", parent=_incoming_trace(), kind="server") as span:
+        created = _create_job(rt, fields, tenant=tenant, now=now, idempotency_key=idempotency_key,
+                              body_hash=body_hash, trace=tracing.inject())
+        span.set_attribute("chronoq.job_id", str(created.id))
+        return created
+
+
+def _create_job(
+    rt: Runtime, fields: dict[str, Any], *, tenant: str, now: datetime, idempotency_key: str | None,
+    body_hash: str | None, trace: dict[str, str] | None = None,
+) -> Created:
     settings = rt.settings
-    job = _new_job(fields, tenant, idempotency_key, body_hash)
+    job = _new_job(fields, tenant, idempotency_key, body_hash, trace)
     messages: list[Any] = []
     try:
         with session_scope(settings) as session:
@@ -138,6 +165,19 @@ class _Answer:
 def create_batch(
     rt: Runtime, items: list[Any], *, tenant: str, now: datetime, may_run: Callable[[str], str | None],
 ) -> dict[str, Any]:
+    """:func:`_create_batch`; with tracing on, in one "create jobs" span (a child of the
+    request's ``traceparent``) whose context every job of the batch keeps."""
+    if not tracing.active():
+        return _create_batch(rt, items, tenant=tenant, now=now, may_run=may_run)
+    with tracing.span("create jobs", parent=_incoming_trace(), kind="server",
+                      attributes={"chronoq.jobs": len(items)}):
+        return _create_batch(rt, items, tenant=tenant, now=now, may_run=may_run, trace=tracing.inject())
+
+
+def _create_batch(
+    rt: Runtime, items: list[Any], *, tenant: str, now: datetime, may_run: Callable[[str], str | None],
+    trace: dict[str, str] | None = None,
+) -> dict[str, Any]:
     """Create the valid ``items`` (each checked like a single create, with an optional
     ``idempotency_key``) for ``tenant`` in one transaction, dispatch those due soon, and answer
     per item in request order: ``{"created", "existing", "failed", "items": [{"index", "code",
@@ -162,7 +202,7 @@ def create_batch(
         # Hashed without its key, like a single create's body: the same job sent either way
         # with the same key is one job.
         body_hash = request_hash({k: v for k, v in item.items() if k != "idempotency_key"}) if key else None
-        pending.append((index, _new_job(fields, tenant, key, body_hash)))
+        pending.append((index, _new_job(fields, tenant, key, body_hash, trace)))
 
     keys = {job["idempotency_key"] for _, job in pending if job["idempotency_key"]}
     fresh: list[dict[str, Any]] = []

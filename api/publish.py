@@ -16,9 +16,10 @@ from flask import Flask, current_app
 
 from common.core import store
 from common.core.messages import DispatchMessage, encode_dispatch
-from common.infra import clock
+from common.infra import clock, tracing
 from common.infra.db import session_scope
 from common.infra.errors import BrokerUnavailable, DatabaseUnavailable
+from common.infra.kafka import records
 
 from api.context import Runtime
 
@@ -54,9 +55,10 @@ class DirectPublisher:
         handed back (SCHEDULED again)."""
         if not messages:
             return set()
-        acked = self._rt.producer().send_all(
-            self._rt.settings.topic_jobs, [(m.key, encode_dispatch(m)) for m in messages], timeout
-        )
+        with tracing.dispatch_spans(messages) as headers:
+            acked = self._rt.producer().send_all(
+                self._rt.settings.topic_jobs, records(messages, encode_dispatch, headers), timeout
+            )
         self._rt.metrics.direct_dispatches.labels("published").inc(sum(acked))
         unacked = [message for message, ok in zip(messages, acked) if not ok]
         if unacked:
@@ -73,8 +75,13 @@ class DirectPublisher:
         sent: list[tuple[DispatchMessage, Any]] = []
         try:
             producer = self._rt.producer()
-            for message in messages:
-                sent.append((message, producer.send(self._rt.settings.topic_jobs, message.key, encode_dispatch(message))))
+            topic = self._rt.settings.topic_jobs
+            with tracing.dispatch_spans(messages) as headers:
+                for i, message in enumerate(messages):
+                    value = encode_dispatch(message)
+                    future = producer.send(topic, message.key, value) if headers is None else \
+                        producer.send(topic, message.key, value, headers[i])
+                    sent.append((message, future))
         except BrokerUnavailable as exc:
             # The producer now refuses every send until its reconnect cool-down ends: the
             # rest would fail the same way.

@@ -14,6 +14,7 @@ from flask import Flask
 from gunicorn import glogging
 from gunicorn.app.base import BaseApplication
 
+from common.infra import tracing
 from common.infra.config import Settings
 from common.infra.db import dispose_engines
 from common.infra.logs import make_formatter
@@ -65,6 +66,7 @@ def _worker_exit(server: Any, worker: Any) -> None:
     publisher = extensions.get(PUBLISHER)
     if publisher is not None:
         publisher.close()  # then the refused dispatches are handed back before the worker goes
+    tracing.shutdown()  # the worker's last spans are exported
     dispose_engines()
 
 
@@ -116,8 +118,12 @@ class ApiServer(BaseApplication):
             self.cfg.set(key, value)
 
     def load(self) -> Flask:
-        # Each worker builds its app after the fork, unless one was given (tests, embedding).
-        return self.app if self.app is not None else create_app(self.settings)
+        # Each worker builds its app after the fork, unless one was given (tests, embedding);
+        # and starts tracing there, as the exporter's thread does not survive a fork.
+        if self.app is not None:
+            return self.app
+        tracing.setup(self.settings, "api")
+        return create_app(self.settings)
 
 
 def serve(settings: Settings) -> None:

@@ -44,6 +44,9 @@ class HandlerContext:
     #: Header names whose values were stored as secrets: never sent to another origin than the
     #: job's URL (a redirect elsewhere drops them, as it drops Authorization and cookies).
     secret_names: frozenset[str] = frozenset()
+    #: With tracing on, the W3C Trace Context (``traceparent``, ``tracestate``) of the
+    #: attempt's span: the ``http`` handler sends it to the target; another handler may too.
+    trace_context: dict[str, str] | None = None
 
     def remaining(self) -> float:
         """Seconds left before the deadline (never negative)."""

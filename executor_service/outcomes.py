@@ -28,7 +28,8 @@ from common.infra.config import Settings
 from common.infra.db import session_scope
 from common.infra.deadletter import DeadLetter
 from common.infra.errors import DatabaseUnavailable
-from common.infra.kafka import Producer
+from common.infra import tracing
+from common.infra.kafka import Producer, records
 from common.infra.logs import job_fields
 from common.infra.retry import PUBLISH, Pacer
 
@@ -183,15 +184,18 @@ class Outcomes:
         """Send all, one flush, wait for the acks together; re-send the finals not acked."""
         topic = self.settings.topic_updates
         started = time.perf_counter()
-        acked = self.producer.send_all(topic, [(r.update.key, encode_update(r.update)) for r in batch])
+        # With tracing on, each update's record carries its attempt's span in its headers.
+        updates = [r.update for r in batch]
+        acked = self.producer.send_all(topic, records(updates, encode_update, tracing.headers_of(updates)))
         pacer = Pacer(PUBLISH, logger=log)
         for _ in range(PUBLISH_TRIES - 1):
             again = [i for i, ok in enumerate(acked) if not ok and batch[i].final]
             if not again:
                 break
             pacer.failed(f"{len(again)} attempt ends not acknowledged by the broker (first: job {batch[again[0]].update.job_id})")
+            again_updates = [updates[i] for i in again]
             retried = self.producer.send_all(
-                topic, [(batch[i].update.key, encode_update(batch[i].update)) for i in again]
+                topic, records(again_updates, encode_update, tracing.headers_of(again_updates))
             )
             for i, ok in zip(again, retried):
                 acked[i] = ok

@@ -23,7 +23,7 @@ from common.core.messages import DispatchMessage, UpdateMessage
 from common.core.secrets import Keyring, SecretError, reveal, secret_names
 from common.core.states import JobStatus
 from common.core.store import AttemptKey, ClaimedRow, attempt_key
-from common.infra import clock
+from common.infra import clock, tracing
 from common.infra.config import Settings
 from common.infra.deadletter import DeadLetter
 from common.infra.errors import JobTypeError
@@ -182,19 +182,39 @@ class Runner:
                 # Claimed in time but fired past its grace (the executor stalled): it ends here.
                 self._report_missed(message, now, error)
                 return
-            self.outcomes.running(self._update(message, JobStatus.RUNNING, at=now, started_at=now))
-            try:
-                output = await self._execute(message, run)
-            except Exception as exc:
-                self._failed(message, run, now, exc)
+            if tracing.active():
+                await self._run_traced(message, run, now)
             else:
-                self._succeeded(message, now, output)
-            finally:
-                # After the handler, not before it: the histogram is fed off the loop.
-                self.fires.append((run.type, now, message.execute_at))
+                await self._run(message, run, now)
         finally:
             self.running.pop(key, None)
             self.active -= 1
+
+    async def _run(self, message: DispatchMessage, run: Run, now: datetime) -> Exception | None:
+        """Report RUNNING, run the handler, report the end; returns the handler's error."""
+        self.outcomes.running(self._update(message, JobStatus.RUNNING, at=now, started_at=now))
+        try:
+            output = await self._execute(message, run)
+        except Exception as exc:
+            self._failed(message, run, now, exc)
+            return exc
+        else:
+            self._succeeded(message, now, output)
+            return None
+        finally:
+            # After the handler, not before it: the histogram is fed off the loop.
+            self.fires.append((run.type, now, message.execute_at))
+
+    async def _run_traced(self, message: DispatchMessage, run: Run, now: datetime) -> None:
+        """:meth:`_run` in an "execute <type>" span, a child of the dispatch's (tracing on):
+        the handler gets the span's context (``HandlerContext.trace_context``, which ``http``
+        sends), and so do the attempt's updates and its retry."""
+        attributes = {**tracing.attempt_attributes(message),
+                      "chronoq.lateness_seconds": (now - message.execute_at).total_seconds()}
+        with tracing.span(f"execute {run.type}", parent=message.trace, kind="consumer", attributes=attributes) as span:
+            error = await self._run(dataclasses.replace(message, trace=tracing.inject()), run, now)
+            if error is not None:
+                tracing.failed(span, short_error(error))
 
     def _not_started(self, message: DispatchMessage, claim: Claim) -> None:
         if claim is Claim.MISSED:
@@ -235,6 +255,7 @@ class Runner:
             dispatch_token=message.token,
             signing_secrets=run.signing_secrets,
             secret_names=run.secret_names,
+            trace_context=message.trace,
         )
         return await call_handler(
             run.handler, run.payload, context, self.threads, native=run.type in NATIVE_TIMEOUT,
@@ -318,7 +339,7 @@ class Runner:
     def _update(self, message: DispatchMessage, status: JobStatus, *, at: datetime, **fields: Any) -> UpdateMessage:
         return UpdateMessage(
             job_id=message.job_id, token=message.token, status=status.value, attempt=message.attempt,
-            at=at, executor=self.executor_id, **fields,
+            at=at, executor=self.executor_id, trace=message.trace, **fields,
         )
 
 

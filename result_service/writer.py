@@ -12,6 +12,7 @@ import time
 
 from common.core import store
 from common.core.messages import UpdateMessage, decode_update
+from common.infra import tracing
 from common.infra.config import Settings
 from common.infra.consumer import ConsumerLoop
 from common.infra.db import session_scope
@@ -64,11 +65,15 @@ class ResultWriter:
         stopped while the database was unavailable. Any other error goes to the consumer loop,
         which then finds and dead-letters the update that caused it."""
         started = time.perf_counter()
+        # With tracing on, each update that travelled with a trace is recorded in a span of it.
+        traced = [u for u in updates if u.trace] if tracing.active() else []
         try:
-            moved = retry(
-                lambda: self._apply(updates), on=DatabaseUnavailable, backoff=DATABASE, stop=self.stop,
-                what=f"recording {len(updates)} updates (database unavailable)", logger=log,
-            )
+            with tracing.spans(traced, lambda u: f"record {u.status}", parent=lambda u: u.trace, kind="consumer",
+                               attributes=tracing.attempt_attributes):
+                moved = retry(
+                    lambda: self._apply(updates), on=DatabaseUnavailable, backoff=DATABASE, stop=self.stop,
+                    what=f"recording {len(updates)} updates (database unavailable)", logger=log,
+                )
         except GaveUp:
             return False
         self.applied += moved

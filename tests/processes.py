@@ -54,9 +54,10 @@ class Service:
 class System:
     """The four services over one database and broker, each one restartable by name."""
 
-    def __init__(self, settings: Settings, log_dir: Path, executors: int = 1, scanners: int = 1) -> None:
+    def __init__(self, settings: Settings, log_dir: Path, executors: int = 1, scanners: int = 1,
+                 env: dict[str, str] | None = None) -> None:
         self.settings = settings
-        self.env = service_env(settings)
+        self.env = service_env(settings, **(env or {}))  # env: more variables, e.g. OTEL_*
         self.log_dir = log_dir
         names = ["results"] + [f"scanner{i + 1}" for i in range(scanners)] + ["api"]
         names += [f"executor{i + 1}" for i in range(executors)]

@@ -14,7 +14,8 @@ from sqlalchemy.orm import Session
 from common.core import store
 from common.infra.config import Settings
 from common.infra.db import session_scope
-from common.infra.kafka import Producer
+from common.infra import tracing
+from common.infra.kafka import Producer, records
 from common.infra.logs import job_fields
 from common.core.messages import encode_dispatch
 from common.infra.deadletter import DeadLetter
@@ -51,9 +52,8 @@ def dispatch(
     result = DispatchResult(exhausted=len(claimed.exhausted))
     if not claimed.messages:
         return result
-    acked = producer.send_all(
-        settings.topic_jobs, [(m.key, encode_dispatch(m)) for m in claimed.messages]
-    )
+    with tracing.dispatch_spans(claimed.messages) as headers:
+        acked = producer.send_all(settings.topic_jobs, records(claimed.messages, encode_dispatch, headers))
     failed = [m for m, ok in zip(claimed.messages, acked) if not ok]
     result.published = len(claimed.messages) - len(failed)
     if failed:

@@ -10,7 +10,7 @@ import json
 import math
 import re
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from dataclasses import fields as dataclass_fields
 from datetime import datetime
 from typing import Any
@@ -50,6 +50,9 @@ class DispatchMessage:
     tenant: str = DEFAULT_TENANT
     #: Of attempts due at the same instant, an executor starts those of higher priority first.
     priority: int = 0
+    #: The W3C Trace Context the message travels with (tracing on): its record's headers, never
+    #: its JSON (:data:`NOT_IN_JSON`; common/infra/tracing.py).
+    trace: dict[str, str] | None = field(default=None, compare=False)
 
     @property
     def key(self) -> bytes:
@@ -76,6 +79,8 @@ class UpdateMessage:
     next_attempt_at: datetime | None = None
     output: Any = None
     error: str | None = None
+    #: As :attr:`DispatchMessage.trace`: carried by the record's headers, not in the JSON.
+    trace: dict[str, str] | None = field(default=None, compare=False)
 
     @property
     def key(self) -> bytes:
@@ -192,9 +197,13 @@ def _to_json(message: DispatchMessage | UpdateMessage) -> bytes:
         return json.dumps(body, separators=(",", ":"), default=str).encode()
 
 
+#: Fields that travel beside a message (as record headers), not in its JSON.
+NOT_IN_JSON = frozenset({"trace"})
+
+
 @functools.cache
 def _field_names(cls: type) -> tuple[str, ...]:
-    return tuple(f.name for f in dataclass_fields(cls))
+    return tuple(f.name for f in dataclass_fields(cls) if f.name not in NOT_IN_JSON)
 
 
 def _short(value: Any, limit: int = 60) -> str:

@@ -108,6 +108,9 @@ class Job(Base):
     attempt_base: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     #: How many times the job was run (1, plus one per rerun).
     runs: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    #: The W3C Trace Context (``traceparent``, ``tracestate``) of the span that created the job,
+    #: with CHRONOQ_TRACING on: its dispatch continues that trace (common/infra/tracing.py).
+    trace_context: Mapped[dict[str, str] | None] = mapped_column(JSON(none_as_null=True), nullable=True)
 
     history: Mapped[list["JobAttempt"]] = relationship(
         back_populates="job", order_by="JobAttempt.attempt", cascade="all, delete-orphan", passive_deletes=True

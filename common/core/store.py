@@ -40,7 +40,8 @@ def _dispatch_message(
     ``token`` and ``lost_attempts`` are the values being written, when not yet the job's.
 
     The payload is redacted (secret values "***"): the topic and its dead letters never carry
-    a secret in clear, and the executor runs the payload its start claim reads from the row."""
+    a secret in clear, and the executor runs the payload its start claim reads from the row.
+    The job's stored trace context travels beside it (record headers, with tracing on)."""
     lost = job.lost_attempts if lost_attempts is None else lost_attempts
     return DispatchMessage(
         job_id=job.id,
@@ -56,6 +57,7 @@ def _dispatch_message(
         misfire_grace_seconds=job.misfire_grace_seconds,
         key_attempt=job.attempts + 1 - (lost or 0),
         priority=job.priority,
+        trace=job.trace_context,
     )
 
 
@@ -82,6 +84,7 @@ _CLAIM_COLUMNS = (
     Job.id, Job.tenant, Job.status, Job.dispatch_token, Job.name, Job.type, Job.payload, Job.execute_at,
     Job.next_attempt_at, Job.attempts, Job.max_retries, Job.timeout_seconds,
     Job.misfire_grace_seconds, Job.lost_attempts, Job.executor, Job.priority, Job.attempt_base,
+    Job.trace_context,
 )
 
 
@@ -635,12 +638,13 @@ _NEW_JOB_COLUMNS = tuple(
         "id", "tenant", "name", "type", "payload", "meta", "status", "execute_at", "priority", "max_retries",
         "timeout_seconds", "misfire_grace_seconds", "attempts", "lost_attempts", "dispatch_token",
         "lease_until", "idempotency_key", "request_hash", "created_at", "updated_at",
-        "schedule_id", "scheduled_for", "overlap", "attempt_base", "runs",
+        "schedule_id", "scheduled_for", "overlap", "attempt_base", "runs", "trace_context",
     )
 )
 _NEW_JOB_NULLS = ("next_attempt_at", "started_at", "finished_at", "output", "error", "executor", "original_execute_at")
-#: Columns a new job may set (an occurrence of a schedule does), null when it does not.
-_NEW_JOB_OPTIONAL = ("schedule_id", "scheduled_for", "overlap")
+#: Columns a new job may set (an occurrence of a schedule does; a traced create sets
+#: trace_context), null when it does not.
+_NEW_JOB_OPTIONAL = ("schedule_id", "scheduled_for", "overlap", "trace_context")
 _INSERT_JOB = insert(Job.__table__)
 
 

@@ -353,6 +353,11 @@ class Settings:
         "`attempt` and `token` as fields where a line is about a job.",
     )
     log_level: str = _opt("LOG_LEVEL", "INFO", str, "Log level of every service.")
+    tracing: bool = _opt(
+        "TRACING", False, _bool,
+        "`on`: export OpenTelemetry traces over OTLP/HTTP, configured by the standard `OTEL_*` variables "
+        "(needs the `otel` extra; docs/tracing.md).",
+    )
 
     @property
     def resolved_database_url(self) -> str:

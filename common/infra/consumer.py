@@ -18,6 +18,7 @@ import threading
 import time
 from typing import Any, Callable, Generic, Sequence, TypeVar
 
+from common.infra import tracing
 from common.infra.deadletter import DeadLetter
 from common.infra.config import Settings
 from common.infra.errors import BrokerUnavailable, MessageError
@@ -246,11 +247,15 @@ class ConsumerLoop(Generic[M]):
     def _process(self, records: Sequence[Any]) -> bool:
         """Decode and handle ``records``; False when stopped before all were recorded."""
         decoded: list[tuple[Any, M]] = []
+        traced = tracing.active()
         for record in records:
             try:
-                decoded.append((record, self.decode(record.value, self.settings.max_message_bytes)))
+                message = self.decode(record.value, self.settings.max_message_bytes)
             except Exception as exc:  # noqa: BLE001 - whatever the bytes do, the record is dead-lettered
                 self._dead_letter(record, _reason(exc))
+                continue
+            # The trace context travels in the record's headers, beside the JSON.
+            decoded.append((record, tracing.attach(message, record.headers) if traced else message))
         if not decoded:
             return True
         try:

@@ -8,8 +8,8 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
@@ -28,6 +28,22 @@ BrokerError = KafkaError
 
 #: Seconds a producer waits after failing to reach the broker before it tries again.
 RECONNECT_COOLDOWN = 5.0
+
+#: Record headers as kafka-python takes them: (name, bytes) pairs.
+Headers = list[tuple[str, bytes]]
+#: One record to publish: (key, value), or (key, value, headers).
+Record = tuple[bytes, bytes] | tuple[bytes, bytes, Headers | None]
+
+M = TypeVar("M")
+
+
+def records(messages: Sequence[M], encode: Callable[[M], bytes], headers: Sequence[Headers | None] | None = None,
+            ) -> list[Record]:
+    """(key, value) of each message, keyed by its ``key``; with ``headers`` (tracing on, see
+    common/infra/tracing.py), (key, value, headers)."""
+    if headers is None:
+        return [(m.key, encode(m)) for m in messages]  # type: ignore[attr-defined]
+    return [(m.key, encode(m), h) for m, h in zip(messages, headers, strict=True)]  # type: ignore[attr-defined]
 
 
 #: Values of CHRONOQ_KAFKA_SECURITY_PROTOCOL (checked at every service's start by
@@ -196,16 +212,17 @@ class Producer:
             except Exception:  # closing a broken producer may fail too; it is being replaced
                 log.debug("closing a broken producer failed", exc_info=True)
 
-    def send(self, topic: str, key: bytes, value: bytes) -> Any:
+    def send(self, topic: str, key: bytes, value: bytes, headers: Headers | None = None) -> Any:
         """Queue one message; returns kafka-python's future (``.get(timeout)`` waits for the ack)."""
         try:
-            return self._get().send(topic, key=key, value=value)
+            return self._get().send(topic, key=key, value=value, headers=headers)
         except KafkaError as exc:
             self._reset()
             raise BrokerUnavailable(f"cannot publish to {topic}: {exc}") from exc
 
-    def send_all(self, topic: str, messages: list[tuple[bytes, bytes]], timeout: float = 15.0) -> list[bool]:
-        """Publish many messages and wait for each acknowledgement; returns which were acked.
+    def send_all(self, topic: str, messages: Sequence[Record], timeout: float = 15.0) -> list[bool]:
+        """Publish many records (:func:`records`) and wait for each acknowledgement; returns
+        which were acked.
 
         Sends them all, then flushes once. Each key goes to the partition kafka-python's
         default partitioner would choose (murmur2 of the key, like every Kafka client), worked
@@ -216,9 +233,10 @@ class Producer:
         try:
             producer = self._get()
             partitions = sorted(producer.partitions_for(topic))
-            for i, (key, value) in enumerate(messages):
+            for i, (key, value, *headers) in enumerate(messages):
                 partition = None if key is None else partitions[(murmur2(key) & 0x7FFFFFFF) % len(partitions)]
-                futures[i] = producer.send(topic, key=key, value=value, partition=partition)
+                futures[i] = producer.send(topic, key=key, value=value, partition=partition,
+                                           headers=headers[0] if headers else None)
         except (KafkaError, BrokerUnavailable) as exc:
             if isinstance(exc, KafkaError):
                 self._reset()

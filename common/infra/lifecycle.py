@@ -62,6 +62,7 @@ def load_or_exit(name: str) -> "Settings":
     from common.infra.db import check_database_url
     from common.infra.errors import ConfigError
     from common.infra.kafka import security_options
+    from common.infra.tracing import check as check_tracing
 
     try:
         settings = load_settings()
@@ -71,6 +72,7 @@ def load_or_exit(name: str) -> "Settings":
         security_options(settings)
         Policy.from_settings(settings)
         Keyring.from_settings(settings)
+        check_tracing(settings)  # CHRONOQ_TRACING=on without the otel extra
         return settings
     except ConfigError as exc:
         print(f"chronoq {name}: invalid setting {exc}", file=sys.stderr)
@@ -96,6 +98,7 @@ def database_or_exit(name: str, settings: "Settings") -> None:
 def run_service(name: str, build: Callable[["Settings", threading.Event], Service]) -> int:
     """The body of every ``python -m <service>``: load settings, set up logging, build the
     service and run it until SIGTERM/SIGINT."""
+    from common.infra import tracing
     from common.infra.logs import setup_logging
 
     from common.infra.health import HealthServer
@@ -104,13 +107,17 @@ def run_service(name: str, build: Callable[["Settings", threading.Event], Servic
     settings = load_or_exit(name)
     setup_logging(settings.log_level, name, settings.log_format)
     database_or_exit(name, settings)
-    with on_stop(threading.Event(), name) as stop:
-        service = build(settings, stop)
-        health = HealthServer(
-            settings, getattr(service, "health", lambda: (True, {})), name, port=endpoint_port(settings, name),
-        ).start()
-        try:
-            service.run()
-        finally:
-            health.stop()
+    tracing.setup(settings, name)
+    try:
+        with on_stop(threading.Event(), name) as stop:
+            service = build(settings, stop)
+            health = HealthServer(
+                settings, getattr(service, "health", lambda: (True, {})), name, port=endpoint_port(settings, name),
+            ).start()
+            try:
+                service.run()
+            finally:
+                health.stop()
+    finally:
+        tracing.shutdown()  # the spans of the last jobs are exported before the process ends
     return EXIT_OK

@@ -21,6 +21,7 @@ from yarl import URL
 from common.core import signing
 from common.core.netguard import GuardedResolver, Policy, TargetRefused
 from common.infra.errors import ChronoqError, JobTimeout
+from common.infra.tracing import FIELDS as TRACE_HEADERS
 
 from executor_service.context import HandlerContext, PermanentFailure
 
@@ -202,6 +203,12 @@ async def call(payload: dict[str, Any], context: HandlerContext) -> dict[str, An
     headers = dict(payload.get("headers") or {})
     if not any(name.lower() == "idempotency-key" for name in headers):
         headers["Idempotency-Key"] = context.idempotency_key  # the job's own key wins if given
+    if context.trace_context:
+        # The attempt's span (tracing on), unless the job names a trace of its own.
+        given = {name.lower() for name in headers}
+        if "traceparent" not in given:
+            headers.update((name, value) for name, value in context.trace_context.items()
+                           if name in TRACE_HEADERS and name not in given)
     body = _body(payload, headers)
     expected = payload.get("expect_status")
     timestamp = int(time.time())  # one delivery, one timestamp, across its redirects

@@ -86,13 +86,15 @@ def make_system(pg_url: str, broker: LocalBroker, tmp_path: Path) -> Iterator[Ca
         system.stop()
 
 
-def module_system(pg_url: str, broker: LocalBroker, logs: Path, **overrides: Any) -> Iterator[System]:
+def module_system(pg_url: str, broker: LocalBroker, logs: Path, env: dict[str, str] | None = None,
+                  **overrides: Any) -> Iterator[System]:
     """A system shared by a module's tests (a module-scoped fixture yields from this): started
     and warmed up, its logs printed if that fails, stopped cleanly at the end. With
-    authentication on, ``system.headers`` carry an admin key of tenant ``ops``."""
+    authentication on, ``system.headers`` carry an admin key of tenant ``ops``. ``env``: more
+    variables for every process (``OTEL_*``)."""
     settings = system_settings(pg_url, broker.bootstrap, **overrides)
     ensure_topics(settings)
-    running = System(settings, logs)
+    running = System(settings, logs, env=env)
     if settings.auth_enabled:
         running.headers = key_headers(settings, "ops", "admin")
     running.start()

@@ -13,7 +13,7 @@ import pytest
 
 from tests.chaos import FAULTS, Chaos
 
-SECONDS = float(os.environ.get("CHAOS_SECONDS", "45"))
+SECONDS = float(os.environ.get("CHAOS_SECONDS", "30"))
 SEED = int(os.environ.get("CHAOS_SEED", "0")) or None
 KINDS = tuple(k for k in os.environ.get("CHAOS_FAULTS", ",".join(FAULTS)).split(",") if k)
 
