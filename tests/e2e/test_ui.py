@@ -167,8 +167,15 @@ def test_a_job_made_in_the_form_runs_and_its_attempt_appears_live(
     attempt = page.locator('li.attempt[data-attempt="1"][data-status="SUCCESS"]')
     attempt.wait_for()
     assert page.evaluate("() => window.__notReloaded") is True
-    # The stream brought its changes (the module instance the page uses: same URL, same module).
-    statuses = page.evaluate("(id) => import('/ui/static/live.js').then((m) => m.seen(id).map((e) => e.status))", job_id)
+    # The stream brings every change (the module instance the page uses: same URL, same module).
+    # The page may show SUCCESS first from its own re-read of the job (it re-reads on a change),
+    # a poll interval before the SUCCESS event itself arrives: wait for the event, not the text.
+    page.evaluate("() => import('/ui/static/live.js').then((m) => { window.__live = m; })")
+    seen = "(id) => window.__live.seen(id).map((e) => e.status)"
+    page.wait_for_function(
+        f"(id) => ['SCHEDULED', 'QUEUED', 'RUNNING', 'SUCCESS'].every((x) => ({seen})(id).includes(x))",
+        arg=job_id, timeout=15_000, polling=100)
+    statuses = page.evaluate(seen, job_id)
     assert {"SCHEDULED", "QUEUED", "RUNNING", "SUCCESS"} <= set(statuses), statuses
     for step in ("scheduled", "dispatched", "started", "finished"):
         assert "done" in attempt.locator(f'li.step[data-step="{step}"]').get_attribute("class"), step
