@@ -21,12 +21,16 @@ from tests.processes import System
 
 pytestmark = pytest.mark.e2e
 
-PORTS = {"api": free_port(), "scanner": free_port(), "executor": free_port(), "results": free_port()}
+#: Each service's metrics port, picked when the system starts: picked at import, minutes before
+#: the module runs, a port can be taken meanwhile, the service falls back to another, and the
+#: test scrapes whatever holds it (a clean-clone run once scraped a page without the lag).
+PORTS: dict[str, int] = {}
 SERVICES = ("scanner", "executor", "results")
 
 
 @pytest.fixture(scope="module")
 def system(pg_url, broker, tmp_path_factory) -> Iterator[System]:
+    PORTS.update(api=free_port(), scanner=free_port(), executor=free_port(), results=free_port())
     yield from module_system(
         pg_url, broker, tmp_path_factory.mktemp("e2e-metrics-logs"), sweep_interval_seconds=1.0,
         scanner_metrics_port=PORTS["scanner"], executor_metrics_port=PORTS["executor"],
@@ -103,9 +107,14 @@ def test_each_service_exports_what_it_did(system: System) -> None:
                    for r in ("applied", "ignored")) >= 10
 
     wait_for(results_applied, timeout=10, interval=0.2, what="the result writer's applied updates")
-    results = scrape(service("results"))
-    lag = [v for (name, _labels), v in results.items() if name == "chronoq_consumer_lag"]
-    assert lag and all(v >= 0 for v in lag)
+    # The lag is exported once a measure knows it (at most one a second, after a poll, from what
+    # the fetches said): wait for the series rather than read the first scrape.
+    def lag_known() -> list[float]:
+        scraped = scrape(service("results"))
+        return [v for (name, _labels), v in scraped.items() if name == "chronoq_consumer_lag"]
+
+    lag = wait_for(lag_known, timeout=10, interval=0.2, what="the result writer's consumer lag")
+    assert all(v >= 0 for v in lag)
 
 
 def test_the_api_answers_for_both_workers_on_every_scrape(system: System) -> None:
