@@ -108,13 +108,6 @@ def otlp() -> Iterator[OtlpReceiver]:
 
 
 @pytest.fixture(scope="module")
-def target() -> Iterator[Receiver]:
-    receiver = Receiver().start()
-    yield receiver
-    receiver.stop()
-
-
-@pytest.fixture(scope="module")
 def system(pg_url, broker, tmp_path_factory, otlp: OtlpReceiver) -> Iterator[System]:
     yield from module_system(
         pg_url, broker, tmp_path_factory.mktemp("e2e-tracing-logs"), tracing=True,
@@ -128,7 +121,7 @@ def _one(spans: list[Exported], service: str, name: str, job_id: str) -> Exporte
     return found[0]
 
 
-def test_one_trace_from_the_request_to_the_target(system: System, otlp: OtlpReceiver, target: Receiver) -> None:
+def test_one_trace_from_the_request_to_the_target(system: System, otlp: OtlpReceiver, receiver: Receiver) -> None:
     incoming = {"traceparent": f"00-{TRACE_ID}-{PARENT_ID}-01", "tracestate": "e2e=1", **system.headers}
     jobs = {}
     # Due now: the API dispatches it itself. Five seconds out: past the scanner's next horizon
@@ -136,7 +129,7 @@ def test_one_trace_from_the_request_to_the_target(system: System, otlp: OtlpRece
     for path, delay, dispatcher in (("/direct", 0, "chronoq-api"), ("/scanned", 5, "chronoq-scanner")):
         response = requests.post(f"{system.base_url}/api/jobs", headers=incoming, timeout=10, json={
             "name": f"traced{path}", "type": "http", "delay_seconds": delay,
-            "payload": {"url": target.url + path, "json": {"hello": path}},
+            "payload": {"url": receiver.url + path, "json": {"hello": path}},
         })
         assert response.status_code == 201, response.text
         jobs[path] = (response.json()["id"], dispatcher)
@@ -163,18 +156,18 @@ def test_one_trace_from_the_request_to_the_target(system: System, otlp: OtlpRece
         assert execute.parent_id == dispatch.span_id
         assert execute.attributes["chronoq.attempt"] == 1 and "chronoq.lateness_seconds" in execute.attributes
         assert all(r.parent_id == execute.span_id for r in records)
-        (call,) = target.to(path)
+        (call,) = receiver.to(path)
         assert call.headers["traceparent"] == f"00-{TRACE_ID}-{execute.span_id}-01"
         assert call.headers["tracestate"] == "e2e=1"
 
 
-def test_a_payloads_own_traceparent_wins(system: System, target: Receiver) -> None:
+def test_a_payloads_own_traceparent_wins(system: System, receiver: Receiver) -> None:
     own = "00-11111111111111111111111111111111-2222222222222222-01"
     response = requests.post(f"{system.base_url}/api/jobs", headers=system.headers, timeout=10, json={
         "name": "own", "type": "http", "delay_seconds": 0,
-        "payload": {"url": target.url + "/own", "headers": {"TraceParent": own}},
+        "payload": {"url": receiver.url + "/own", "headers": {"TraceParent": own}},
     })
     assert response.status_code == 201, response.text
-    (call,) = wait_for(lambda: target.to("/own"), timeout=20, what="the call")
+    (call,) = wait_for(lambda: receiver.to("/own"), timeout=20, what="the call")
     sent = {k.lower(): v for k, v in call.headers.items()}
     assert sent["traceparent"] == own

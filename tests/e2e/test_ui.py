@@ -51,13 +51,6 @@ def keys(system: System) -> dict[str, dict[str, str]]:
 
 
 @pytest.fixture(scope="module")
-def hooks() -> Iterator[Receiver]:
-    rec = Receiver().start()
-    yield rec
-    rec.stop()
-
-
-@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     """One headless Chromium for the module: Debian's, never a downloaded one."""
     try:
@@ -256,8 +249,8 @@ def test_a_far_future_job_is_cancelled_from_its_page(
 
 
 def test_a_failed_job_is_rerun_and_its_second_attempt_appears(
-        dashboard: Callable[..., Dashboard], system: System, keys: dict[str, dict[str, str]], hooks: Receiver) -> None:
-    url = hooks.answer("/ui-rerun", 500)  # then 200
+        dashboard: Callable[..., Dashboard], system: System, keys: dict[str, dict[str, str]], receiver: Receiver) -> None:
+    url = receiver.answer("/ui-rerun", 500)  # then 200
     board = dashboard(keys["writer"])
     page = board.page
     job_id = board.create_job("flaky hook", job_type="http", delay=1, max_retries=0, payload=f'{{"url": "{url}"}}')
@@ -269,7 +262,7 @@ def test_a_failed_job_is_rerun_and_its_second_attempt_appears(
     page.locator('li.attempt[data-attempt="2"][data-status="SUCCESS"]').wait_for()
     assert page.locator("li.attempt").count() == 2
     board.shot("job-rerun")
-    assert len(hooks.to("/ui-rerun")) == 2
+    assert len(receiver.to("/ui-rerun")) == 2
     assert [a["status"] for a in api(system, keys["writer"], "GET", f"/api/jobs/{job_id}/attempts")["items"]] == \
         ["FAILED", "SUCCESS"]
 
