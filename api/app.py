@@ -9,7 +9,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 import common
 from common.infra.config import Settings, load_settings
 
-from api import admin, audit, auth, control, events, health, jobs, me, metrics, overview, publish, schedules, ui
+from api import admin, audit, auth, control, events, health, jobs, me, metrics, overview, publish, schedules, ui, workflows
 from api.context import EXTENSION, Runtime
 from api.encoding import OrjsonProvider
 from api.errors import ChronoqApi, register_error_handlers
@@ -63,6 +63,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     api.register_blueprint(jobs.blp)
     api.register_blueprint(control.blp)
     api.register_blueprint(schedules.blp)
+    api.register_blueprint(workflows.blp)
     api.register_blueprint(admin.keys)
     api.register_blueprint(admin.tenants)
     api.register_blueprint(admin.audit)

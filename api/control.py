@@ -156,7 +156,8 @@ class RerunView(MethodView):
         the history of earlier runs stays in ``/attempts``, and ``runs`` counts the runs.
         ``finished_at``, ``output`` and ``error`` are cleared; ``original_execute_at`` keeps
         the job's first time. A rerun counts against the tenant's limit of unfinished jobs
-        (429). A job that has not finished is a 409 naming its status.
+        (429). A job that has not finished is a 409 naming its status; so is a workflow's task
+        (rerun its workflow instead).
         """
         note("jobs.rerun", "job", job_id)
         uid, rt, now = job_id_of(job_id), runtime(), request_now()
@@ -164,6 +165,10 @@ class RerunView(MethodView):
             job = _found(session, uid)
         if job.status not in control.FINISHED:
             _conflict(uid, job.status, "rerun", control.FINISHED)
+        if job.workflow_id is not None:
+            reason = (f"is a task of workflow {job.workflow_id}: rerun the workflow "
+                      f"(POST /api/workflows/{job.workflow_id}/rerun), which reruns its failed tasks in order")
+            abort(409, message=f"Job '{uid}' {reason}", errors={"workflow_id": [reason]})
         # Outside the change's transaction: the quota reads (and may write) in its own, which
         # on SQLite would wait for this one's lock.
         rt.quotas.admit(job.tenant, 1)

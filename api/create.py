@@ -15,7 +15,7 @@ import uuid
 from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, TypeVar
 
 from flask import has_request_context, request
 from marshmallow import ValidationError
@@ -37,6 +37,8 @@ from api.publish import publisher
 from api.schemas import BatchJobSchema
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 #: How often a batch is tried again after a concurrent request stored one of its idempotency
 #: keys between the batch's lookup and its insert (each try sees more of them).
@@ -105,31 +107,47 @@ def _create_job(
     rt: Runtime, fields: dict[str, Any], *, tenant: str, now: datetime, idempotency_key: str | None,
     body_hash: str | None, trace: dict[str, str] | None = None,
 ) -> Created:
-    settings = rt.settings
     job = _new_job(fields, tenant, idempotency_key, body_hash, trace)
-    messages: list[Any] = []
-    try:
-        with session_scope(settings) as session:
-            existing = _by_key(session, tenant, idempotency_key) if idempotency_key else None
-            if existing is None:
-                messages = _store(rt, session, [job], now)
-    except IntegrityError:
-        # Two identical requests raced past the lookup; the unique key let one insert win.
-        if not idempotency_key:
-            raise
-        with session_scope(settings) as session:
-            existing = _by_key(session, tenant, idempotency_key)
-        if existing is None:
-            raise
+    existing, messages = insert_once(
+        rt, key=idempotency_key, body_hash=body_hash,
+        find=lambda session: _by_key(session, tenant, idempotency_key),
+        insert=lambda session: _store(rt, session, [job], now),
+        conflict=lambda earlier: _conflict(idempotency_key, earlier, "request body"),
+    )
     if existing is not None:
-        if existing.request_hash != body_hash:
-            raise IdempotencyConflict(_conflict(idempotency_key, existing.id, "request body"))
         return Created(existing, existing.id, False)
     rt.metrics.jobs_created.labels(job["type"]).inc()
     log.debug("job %s created: %s %r due %s", job["id"], job["type"], job["name"], job["execute_at"])
     if messages and publisher().publish(messages):
         return Created(_reread(rt, job), job["id"], True)
     return Created(job, job["id"], True)
+
+
+def insert_once(
+    rt: Runtime, *, key: str | None, body_hash: str | None, find: Callable[[Any], Any],
+    insert: Callable[[Any], T], conflict: Callable[[Any], str],
+) -> tuple[Any, T | None]:
+    """A create with an optional Idempotency-Key: ``insert(session)`` unless ``find(session)``
+    returns what the tenant already stored under ``key``. Returns (that earlier object, None) or
+    (None, what ``insert`` returned). Two identical requests racing past the lookup meet at the
+    key's unique index: the loser's insert fails and it finds the winner's. The same key with
+    another body is :class:`IdempotencyConflict` (``conflict(earlier id)`` says so)."""
+    inserted: T | None = None
+    try:
+        with session_scope(rt.settings) as session:
+            existing = find(session) if key else None
+            if existing is None:
+                inserted = insert(session)
+    except IntegrityError:
+        if not key:
+            raise
+        with session_scope(rt.settings) as session:
+            existing = find(session)
+        if existing is None:
+            raise
+    if existing is not None and existing.request_hash != body_hash:
+        raise IdempotencyConflict(conflict(existing.id))
+    return existing, inserted
 
 
 def _conflict(key: str | None, job_id: uuid.UUID, what: str) -> str:

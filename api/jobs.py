@@ -12,6 +12,7 @@ from flask_smorest import abort
 from common.infra.db import session_scope
 from common.infra.errors import JobNotFound
 from common.core.roles import Role
+from common.core import workflows
 from common.core.store import cancel
 from common.core.states import JobStatus
 
@@ -22,6 +23,7 @@ from api.context import request_now, runtime
 from api.create import create_batch, create_job, request_hash
 from api.errors import JobNotCancellable
 from api.parsing import json_blueprint
+from api.publish import publisher
 from api.schemas import (
     AttemptListSchema,
     Cursor,
@@ -175,13 +177,19 @@ class JobView(MethodView):
         note("jobs.cancel", "job", job_id)
         uid = job_id_of(job_id)
         scope = principal().tenant_scope
-        with session_scope(runtime().settings) as session:
-            result = cancel(session, uid, now=request_now(), tenant=scope)
+        rt, now = runtime(), request_now()
+        with session_scope(rt.settings) as session:
+            result = cancel(session, uid, now=now, tenant=scope)
             if result.status is None:
                 raise JobNotFound(uid)
             if not result.cancelled:
                 raise JobNotCancellable(_not_cancellable_message(uid, result.status))
-            return queries.get_job(session, uid, scope)
+            # A workflow's task: the tasks its end released (run_if failure or always) start now.
+            released = workflows.claim_released(session, now=now, lease=rt.settings.lease_seconds)
+            job = queries.get_job(session, uid, scope)
+        if released:
+            publisher().publish(released)
+        return job
 
 
 def _not_cancellable_message(job_id: uuid.UUID, status: str) -> str:

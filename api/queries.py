@@ -27,6 +27,7 @@ class JobFilter:
     execute_after: datetime | None = None
     execute_before: datetime | None = None
     schedule_id: uuid.UUID | None = None
+    workflow_id: uuid.UUID | None = None
     metadata: tuple[tuple[str, str], ...] = ()
 
 
@@ -59,6 +60,8 @@ def list_jobs(
         query = query.where(Job.execute_at < where.execute_before)
     if where.schedule_id is not None:
         query = query.where(Job.schedule_id == where.schedule_id)
+    if where.workflow_id is not None:
+        query = query.where(Job.workflow_id == where.workflow_id)
     for key, value in where.metadata:
         # ->> on PostgreSQL, json_extract on SQLite: the value compared as text.
         query = query.where(Job.meta[key].as_string() == value)

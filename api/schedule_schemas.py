@@ -1,5 +1,6 @@
 """What /api/schedules reads and writes: a schedule's definition (when it fires, its DST,
-catch-up, overlap and jitter policies, its job template), the schedule as returned, previews."""
+catch-up, overlap and jitter policies, its template: a job or a workflow), the schedule as
+returned, previews."""
 
 from __future__ import annotations
 
@@ -16,8 +17,12 @@ from common.core.schedules import timing_of
 
 from api.context import request_now
 from api.schemas import AwareDateTime, CursorField, JobTemplateSchema, RedactedPayload, Text, UtcDateTime
+from api.workflow_schemas import _RUN_IF, WorkflowCreateSchema
 
 OVERLAP = ("allow", "skip", "queue_one")
+#: The two kinds of template; a definition gives exactly one.
+TEMPLATES = ("job", "workflow")
+WORKFLOW_OVERLAP = "overlap policies apply to job templates; a workflow occurrence always runs"
 #: Fire times a preview lists at most.
 MAX_PREVIEW = 100
 
@@ -28,6 +33,18 @@ class Whole(fields.Nested):
 
     def _load(self, value: Any, partial: Any = None, **kwargs: Any) -> Any:
         return super()._load(value, partial=False, **kwargs)
+
+
+class WorkflowTemplateSchema(WorkflowCreateSchema):
+    """What each occurrence of a schedule is when it is a workflow: the fields of
+    POST /api/workflows without a time (the schedule times each one), checked the same way
+    (each task's job fields, the graph: unknown keys, cycles, tasks that can never run,
+    CHRONOQ_WORKFLOW_MAX_TASKS)."""
+
+    TIMED = False
+
+    class Meta:
+        exclude = ("execute_at", "delay_seconds")
 
 
 def _known_zone(name: str) -> bool:
@@ -54,8 +71,8 @@ class DstPolicySchema(Schema):
 
 
 class ScheduleDefinitionSchema(Schema):
-    """A schedule: exactly one of ``cron`` and ``interval_seconds``, and the job each
-    occurrence is."""
+    """A schedule: exactly one of ``cron`` and ``interval_seconds``, and exactly one of
+    ``job`` and ``workflow``: what each occurrence is."""
 
     name = Text(validate=validate.Length(min=1, max=200), allow_none=True)
     cron = Text(
@@ -91,10 +108,28 @@ class ScheduleDefinitionSchema(Schema):
         load_default="allow", validate=validate.OneOf(OVERLAP),
         metadata={"description": "An occurrence due while the previous one still runs: 'allow' runs it, 'skip' "
                                  "records it SKIPPED, 'queue_one' runs it once the previous ends (one waits "
-                                 "at most; further ones are SKIPPED)."},
+                                 "at most; further ones are SKIPPED). Job templates only: with a workflow "
+                                 "template it is 'allow'."},
     )
-    job = Whole(JobTemplateSchema, required=True,
-                        metadata={"description": "Each occurrence is a job with these fields."})
+    job = Whole(JobTemplateSchema, allow_none=True,
+                metadata={"description": "Each occurrence is a job with these fields (give this or workflow; "
+                                         "null counts as not given)."})
+    workflow = Whole(WorkflowTemplateSchema, allow_none=True, metadata={
+        "description": "Each occurrence is a workflow with these fields: those of POST /api/workflows without "
+                       "execute_at and delay_seconds (give this or job; null counts as not given). Its tasks "
+                       "without dependencies are due at the occurrence's time; list the occurrences with "
+                       "GET /api/workflows?schedule_id=…"})
+
+    @validates_schema(skip_on_field_errors=False, pass_original=True)
+    def _one_template(self, data: dict[str, Any], original: Any, partial: Any = None, **_: Any) -> None:
+        """Exactly one of job and workflow (an update may give neither: it keeps its template).
+        Presence in the input counts, so an invalid template is not also reported missing."""
+        if not isinstance(original, dict):
+            return
+        given = [name for name in TEMPLATES if original.get(name) is not None]
+        if len(given) == 2 or (not given and not partial):
+            message = "give exactly one of job and workflow"
+            raise ValidationError({name: [message] for name in TEMPLATES})
 
     @validates_schema(skip_on_field_errors=True)
     def _fires(self, data: dict[str, Any], partial: Any = None, **_: Any) -> None:
@@ -116,12 +151,15 @@ class ScheduleDefinitionSchema(Schema):
 
 def definition_errors(data: dict[str, Any], now: datetime) -> dict[str, list[str]]:
     """What is wrong with a complete schedule definition, by field: not exactly one of cron and
-    interval, an invalid cron, an unknown zone, an end before the start, or no fire time ever."""
+    interval, an invalid cron, an unknown zone, an end before the start, no fire time ever, or an
+    overlap policy other than allow with a workflow template."""
     errors: dict[str, list[str]] = {}
+    if data.get("workflow") is not None and data.get("overlap_policy", "allow") != "allow":
+        errors["overlap_policy"] = [WORKFLOW_OVERLAP]
     cron, interval = data.get("cron"), data.get("interval_seconds")
     if (cron is None) == (interval is None):
         message = "give exactly one of cron and interval_seconds"
-        return {"cron": [message], "interval_seconds": [message]}
+        return {**errors, "cron": [message], "interval_seconds": [message]}
     if cron is not None:
         try:
             cron = firetimes.check_cron(cron)
@@ -186,8 +224,28 @@ class TemplateSchema(Schema):
     misfire_grace_seconds = fields.Float(allow_none=True)
 
 
+class TaskTemplateSchema(TemplateSchema):
+    """A task of a schedule's workflow template as returned (secret values shown as "***")."""
+
+    key = fields.String()
+    depends_on = fields.List(fields.String())
+    run_if = fields.Raw(metadata=_RUN_IF)
+    allow_failure = fields.Boolean()
+
+
+class WorkflowTemplateOutSchema(Schema):
+    """A schedule's workflow template as returned."""
+
+    name = fields.String()
+    failure_policy = fields.String()
+    metadata_ = fields.Dict(data_key="metadata", attribute="meta")
+    tasks = fields.List(fields.Nested(TaskTemplateSchema))
+
+
 class OccurrenceSchema(Schema):
-    id = fields.UUID()
+    id = fields.UUID(metadata={"description": "The job's id, or the workflow's (see kind)."})
+    kind = fields.String(metadata={"enum": ["job", "workflow"],
+                                   "description": "What the occurrence is: a job or a workflow."})
     status = fields.String()
     scheduled_for = UtcDateTime()
     execute_at = UtcDateTime()
@@ -228,7 +286,10 @@ class ScheduleSchema(Schema):
     catchup_limit = fields.Integer()
     catchup_per_second = fields.Float()
     overlap_policy = fields.String()
-    job = fields.Nested(TemplateSchema)
+    job = fields.Nested(TemplateSchema, allow_none=True, metadata={
+        "description": "The job each occurrence is; null when each is a workflow."})
+    workflow = fields.Nested(WorkflowTemplateOutSchema, allow_none=True, metadata={
+        "description": "The workflow each occurrence is; null when each is a job."})
     paused = fields.Boolean()
     paused_at = UtcDateTime(allow_none=True)
     next_fire_at = UtcDateTime(allow_none=True, metadata={

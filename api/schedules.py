@@ -32,6 +32,7 @@ from api.jobs import may_run
 from api.parsing import json_blueprint
 from api.publish import publisher
 from api.schedule_schemas import (
+    TEMPLATES,
     PreviewQuerySchema,
     PreviewSchema,
     ScheduleDefinitionSchema,
@@ -46,7 +47,7 @@ from api.schedule_schemas import (
 from api.schemas import Cursor
 
 blp = json_blueprint("schedules", __name__, url_prefix="/api/schedules",
-                     description="Recurring schedules: each occurrence is a job.")
+                     description="Recurring schedules: each occurrence is a job, or a workflow.")
 
 #: Definition fields stored in a column of the same name.
 _COLUMNS = ("name", "cron", "interval_seconds", "timezone", "start_at", "end_at", "jitter_seconds",
@@ -72,15 +73,26 @@ def _load(session: Any, raw: str, *, lock: bool = False) -> Schedule:
     return schedule
 
 
-def _refuse_type(job_type: str) -> None:
-    refused = may_run(job_type)
-    if refused is not None:
-        abort(403, message=refused)
+def _refuse_types(template: dict[str, Any]) -> None:
+    """403 when the caller may not run a job type of the (stored) template: the job's, or any
+    task's of a workflow."""
+    flow = schedules.workflow_template(template)
+    for task in flow["tasks"] if flow is not None else [template]:
+        refused = may_run(task["type"])
+        if refused is not None:
+            abort(403, message=f"task {task['key']!r}: {refused}" if flow is not None else refused)
+
+
+def _stored(definition: dict[str, Any]) -> dict[str, Any]:
+    """The ``job`` column of a (merged) definition's template: the job template, or the
+    workflow template as {"workflow": {...}}."""
+    return schedules.stored_template(job=definition.get("job"), workflow=definition.get("workflow"))
 
 
 def _make_now(session: Any, schedule: Schedule, now: datetime, *, resumed: bool = False) -> list[Any]:
     """Make the occurrences due before the scanner's current horizon (it may have scanned this
-    window already) and claim those due too soon for it; returns their dispatch messages."""
+    window already) and claim those due too soon for it (jobs, or the root tasks of workflows);
+    returns their dispatch messages."""
     settings = runtime().settings
     # On resume every fire time that passed while paused was missed, however recently.
     made = schedules.make_for(session, schedule, now=now, horizon=dispatch_horizon(now, settings.scan_interval_seconds),
@@ -90,15 +102,17 @@ def _make_now(session: Any, schedule: Schedule, now: datetime, *, resumed: bool 
     return store.claim_ids(session, soon, now=now, lease=settings.lease_seconds).messages if soon else []
 
 
-def _shown(session: Any, schedule: Schedule, *, figures: bool = False, last: dict[uuid.UUID, Job] | None = None
-           ) -> dict[str, Any]:
-    """The schedule as returned: its columns, next fire time (after jitter), last occurrence
-    (from ``last`` when the caller read many at once) and, for one schedule, its on-time
-    figures."""
+def _shown(session: Any, schedule: Schedule, *, figures: bool = False,
+           last: dict[uuid.UUID, schedules.Occurrence] | None = None) -> dict[str, Any]:
+    """The schedule as returned: its columns, its template as ``job`` or ``workflow`` (the
+    other null), next fire time (after jitter), last occurrence (from ``last`` when the caller
+    read many at once) and, for one schedule, its on-time figures."""
     if last is None:
         last = schedules.last_occurrences(session, [schedule.id], now=request_now())
     shown = {column.key: getattr(schedule, column.key) for column in Schedule.__table__.columns}
-    shown.update(next_fire_at=_next_run(schedule), last_occurrence=last.get(schedule.id))
+    flow = schedules.workflow_template(schedule.job)
+    shown.update(job=None if flow is not None else schedule.job, workflow=flow,
+                 next_fire_at=_next_run(schedule), last_occurrence=last.get(schedule.id))
     if figures:
         shown["on_time"] = schedules.figures(session, schedule.id)
     return shown
@@ -150,17 +164,20 @@ class SchedulesView(MethodView):
         """Create a schedule.
 
         Give exactly one of ``cron`` (5 fields, or 6 with seconds first) and
-        ``interval_seconds``, and the ``job`` each occurrence is. Each fire time becomes one job
-        (an occurrence, with ``schedule_id`` and ``scheduled_for``), made ahead by the scanner
-        and run with the precision, retries and history of any job. An invalid cron, an unknown
-        zone or a schedule that would never fire is a 422 naming the field.
+        ``interval_seconds``, and exactly one of ``job`` and ``workflow``: what each occurrence
+        is. Each fire time becomes one job, or one workflow (an occurrence, with ``schedule_id``
+        and ``scheduled_for``), made ahead by the scanner and run with the precision, retries
+        and history of any job or workflow. An invalid cron, an unknown zone, a schedule that
+        would never fire or an invalid template (a workflow's is checked like a workflow
+        create: its graph too) is a 422 naming the field.
         """
         caller = principal()
-        _refuse_type(definition["job"]["type"])
+        template = _stored(definition)
+        _refuse_types(template)
         runtime().quotas.admit(caller.tenant, 1)
         now = request_now()
         schedule = Schedule(
-            id=uuid.uuid4(), tenant=caller.tenant, job=definition["job"], paused=False, made_until=now,
+            id=uuid.uuid4(), tenant=caller.tenant, job=template, paused=False, made_until=now,
             created_at=now, updated_at=now, **{name: definition.get(name) for name in _COLUMNS if name in definition},
             **dst_columns(definition),
         )
@@ -204,11 +221,12 @@ class ScheduleView(MethodView):
     @blp.response(200, ScheduleSchema)
     @blp.alt_response(404, description="No such schedule.", success=False)
     def patch(self, changes: dict[str, Any], schedule_id: str) -> Any:
-        """Change a schedule's definition (timing, zone, policies, job template).
+        """Change a schedule's definition (timing, zone, policies, template).
 
-        Future occurrences follow the new definition. Those already made ahead that have not
-        started are taken back and made again (``pending: "cancel"``, the default) or run as
-        made (``"keep"``; the new definition applies after the last of them).
+        A template given (``job`` or ``workflow``) replaces the schedule's whole, whichever
+        kind it was. Future occurrences follow the new definition. Those already made ahead
+        that have not started are taken back and made again (``pending: "cancel"``, the
+        default) or run as made (``"keep"``; the new definition applies after the last of them).
         """
         note("schedules.update", "schedule", schedule_id)
         pending = changes.pop("pending", "cancel")
@@ -216,8 +234,14 @@ class ScheduleView(MethodView):
         with session_scope(runtime().settings) as session:
             schedule = _load(session, schedule_id, lock=True)
             merged = {name: getattr(schedule, name) for name in _COLUMNS}
-            merged.update(id=schedule.id, job=schedule.job,
+            flow = schedules.workflow_template(schedule.job)
+            merged.update(id=schedule.id, job=None if flow is not None else schedule.job, workflow=flow,
                           dst_policy={"gap": schedule.dst_gap, "fold": schedule.dst_fold})
+            for name in TEMPLATES:
+                if name in changes and changes[name] is None:
+                    del changes[name]  # null counts as not given
+            if any(name in changes for name in TEMPLATES):
+                merged.update(job=None, workflow=None)  # the new template replaces the old, of either kind
             if "cron" in changes and changes["cron"] is not None:
                 merged["interval_seconds"] = None
             if "interval_seconds" in changes and changes["interval_seconds"] is not None:
@@ -226,15 +250,15 @@ class ScheduleView(MethodView):
             errors = definition_errors(merged, now)
             if errors:
                 abort(422, message="The schedule's new definition is invalid.", errors={"json": errors})
-            if "job" in changes:
-                _refuse_type(changes["job"]["type"])
+            if any(name in changes for name in TEMPLATES):
+                _refuse_types(_stored(merged))
             if pending == "cancel":
                 schedules.withdraw(session, schedule, now=now)
             for name in _COLUMNS:
                 setattr(schedule, name, merged.get(name))
             if merged.get("cron"):
                 schedule.cron = check_cron(merged["cron"])
-            schedule.job = merged["job"]
+            schedule.job = _stored(merged)
             for column, value in dst_columns(merged).items():
                 setattr(schedule, column, value)
             schedule.updated_at = now

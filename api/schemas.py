@@ -113,6 +113,27 @@ def too_big(value: Any, limit: int, setting: str) -> str | None:
     return f"is {size} bytes as JSON; the limit is {limit} ({setting})" if size > limit else None
 
 
+def when_and_meta_errors(data: dict[str, Any], original: dict[str, Any], settings: Settings, *,
+                         timed: bool) -> dict[str, list[str]]:
+    """The checks a job create and a workflow create share: exactly one of ``execute_at`` and
+    ``delay_seconds`` (when ``timed``; a template has neither), and the metadata's size. Presence
+    is read from the input (``original``): an invalid value is reported by its field and must
+    not also count as missing."""
+    errors: dict[str, list[str]] = {}
+    has_at, has_delay = "execute_at" in original, "delay_seconds" in original
+    if not timed:
+        pass
+    elif has_at and has_delay:
+        message = "give either execute_at or delay_seconds, not both"
+        errors.update(execute_at=[message], delay_seconds=[message])
+    elif not has_at and not has_delay:
+        errors["execute_at"] = ["Missing data for required field (or give delay_seconds)."]
+    big_meta = too_big(data.get("meta"), settings.max_metadata_bytes, "CHRONOQ_MAX_METADATA_BYTES")
+    if big_meta:
+        errors["metadata"] = [big_meta]
+    return errors
+
+
 def resolve_delay(data: dict[str, Any]) -> dict[str, Any]:
     """``delay_seconds`` in ``data`` turned into ``execute_at`` (from the request's now)."""
     delay = data.pop("delay_seconds", None)
@@ -194,20 +215,7 @@ class JobCreateSchema(_SettingsSchema):
     def _when_and_payload(self, data: dict[str, Any], original: Any, **_: Any) -> None:
         if not isinstance(original, dict):
             return  # marshmallow already reported "Invalid input type"
-        errors: dict[str, Any] = {}
-        # Presence in the input, not in ``data``: an invalid value is reported by its field
-        # and must not also count as missing.
-        has_at, has_delay = "execute_at" in original, "delay_seconds" in original
-        if not self.TIMED:
-            pass
-        elif has_at and has_delay:
-            message = "give either execute_at or delay_seconds, not both"
-            errors.update(execute_at=[message], delay_seconds=[message])
-        elif not has_at and not has_delay:
-            errors["execute_at"] = ["Missing data for required field (or give delay_seconds)."]
-        big_meta = too_big(data.get("meta"), self.settings.max_metadata_bytes, "CHRONOQ_MAX_METADATA_BYTES")
-        if big_meta:
-            errors["metadata"] = [big_meta]
+        errors: dict[str, Any] = when_and_meta_errors(data, original, self.settings, timed=self.TIMED)
         payload = data.get("payload")
         if payload is not None:
             big_payload = too_big(payload, self.settings.max_payload_bytes, "CHRONOQ_MAX_PAYLOAD_BYTES")
@@ -389,6 +397,7 @@ class JobQuerySchema(Schema):
     execute_before = AwareDateTime(metadata={"description": "Only jobs due before this time."})
     tenant = Text(metadata={"description": "Only this tenant's jobs (admins; others always see only their own)."})
     schedule_id = fields.UUID(metadata={"description": "Only the occurrences of this schedule."})
+    workflow_id = fields.UUID(metadata={"description": "Only the tasks of this workflow."})
     metadata_ = MetadataFilter(data_key="metadata", attribute="metadata", metadata={
         "description": "Only jobs whose metadata has key=value, as text (repeat: all must hold)."})
     limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=500))
@@ -428,6 +437,8 @@ class JobSchema(Schema):
     error = fields.String(allow_none=True)
     executor = fields.String(allow_none=True)
     schedule_id = fields.UUID(allow_none=True, metadata={"description": "The schedule this job is an occurrence of."})
+    workflow_id = fields.UUID(allow_none=True, metadata={"description": "The workflow this job is a task of."})
+    task_key = fields.String(allow_none=True, metadata={"description": "The task's key in its workflow."})
     scheduled_for = UtcDateTime(allow_none=True, metadata={
         "description": "The occurrence's fire time as its schedule names it (before jitter or catch-up)."})
     original_execute_at = UtcDateTime(allow_none=True, metadata={

@@ -1,4 +1,4 @@
-"""``chronoq jobs …`` and ``chronoq schedules …``: the API from a shell, on top of
+"""``chronoq jobs …``, ``chronoq workflows …`` and ``chronoq schedules …``: the API from a shell, on top of
 :class:`chronoq.client.Client`.
 
 :func:`add_parsers` only declares arguments (``chronoq --help`` and the server commands stay
@@ -21,29 +21,32 @@ if TYPE_CHECKING:
     from chronoq.client import Client
     from chronoq.models import Job
 
-COMMANDS = ("jobs", "schedules")
+COMMANDS = ("jobs", "workflows", "schedules")
 
 EXIT_OK = 0
-EXIT_FAILED = 1        # the job finished but not SUCCESS (wait, watch, create --wait); an import had failed lines
+EXIT_FAILED = 1        # the job (workflow) ended, not SUCCESS (wait, watch, create --wait); an import had failed lines
 EXIT_USAGE = 2         # bad arguments or input; the API refused the request as invalid (400, 413, 415, 422)
 EXIT_UNAVAILABLE = 3   # the API could not be reached, or answered 5xx, after the safe retries
-EXIT_NOT_FOUND = 4     # 404: no such job or schedule (or another tenant's)
-EXIT_CONFLICT = 5      # 409: the job's status refuses it (cancel of a running job, rerun of an unfinished one)
+EXIT_NOT_FOUND = 4     # 404: no such job, workflow or schedule (or another tenant's)
+EXIT_CONFLICT = 5      # 409: the job's (workflow's) status refuses it (cancel of a running job, rerun of a running one)
 EXIT_AUTH = 6          # 401 or 403: no credential, a bad one, or a role too low
 EXIT_LIMIT = 7         # 429: over a tenant's limit, still after the retries
-EXIT_TIMEOUT = 8       # gave up waiting (--wait-timeout) before the job finished
+EXIT_TIMEOUT = 8       # gave up waiting (--wait-timeout) before the job or workflow finished
 EXIT_INTERRUPTED = 130
 
 EXIT_CODES = {
-    EXIT_OK: "done", EXIT_FAILED: "the job finished FAILED, CANCELLED or SKIPPED; or an import had failed lines",
+    EXIT_OK: "done",
+    EXIT_FAILED: "the job or workflow finished FAILED, CANCELLED or SKIPPED; or an import had failed lines",
     EXIT_USAGE: "usage: bad arguments or input, or the API refused the request as invalid (400, 413, 415, 422)",
     EXIT_UNAVAILABLE: "the API could not be reached or answered 5xx (after the retries that were safe)",
-    EXIT_NOT_FOUND: "404: no such job or schedule", EXIT_CONFLICT: "409: the job's status refuses it",
+    EXIT_NOT_FOUND: "404: no such job, workflow or schedule",
+    EXIT_CONFLICT: "409: the job's (workflow's) status refuses it",
     EXIT_AUTH: "401/403: no credential, a bad one, or a role too low", EXIT_LIMIT: "429: over a tenant's limit",
-    EXIT_TIMEOUT: "gave up waiting before the job finished", EXIT_INTERRUPTED: "interrupted (Ctrl-C)",
+    EXIT_TIMEOUT: "gave up waiting before the job or workflow finished", EXIT_INTERRUPTED: "interrupted (Ctrl-C)",
 }
 
-STATUSES = ("SCHEDULED", "QUEUED", "RUNNING", "RETRYING", "SUCCESS", "FAILED", "CANCELLED", "SKIPPED")
+STATUSES = ("WAITING", "SCHEDULED", "QUEUED", "RUNNING", "RETRYING", "SUCCESS", "FAILED", "CANCELLED", "SKIPPED")
+WORKFLOW_STATUSES = ("RUNNING", "SUCCESS", "FAILED", "CANCELLED")
 
 
 class UsageError(Exception):
@@ -70,7 +73,7 @@ def _epilog() -> str:
 
 
 def add_parsers(sub: Any) -> None:
-    """Add ``jobs`` and ``schedules`` to the ``chronoq`` command's subparsers."""
+    """Add ``jobs``, ``workflows`` and ``schedules`` to the ``chronoq`` command's subparsers."""
     common = [_common()]
     fmt = argparse.RawDescriptionHelpFormatter
     jobs = sub.add_parser("jobs", help="jobs through the API: create, list, get, watch, import, …",
@@ -101,6 +104,7 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--type")
     p.add_argument("--name")
     p.add_argument("--schedule", help="only occurrences of this schedule id")
+    p.add_argument("--workflow", help="only the tasks of this workflow id")
     p.add_argument("--after", help="only jobs due at or after this ISO 8601 time")
     p.add_argument("--before", help="only jobs due before this ISO 8601 time")
     p.add_argument("--metadata", action="append", default=[], metavar="KEY=VALUE", help="all must hold (repeat)")
@@ -131,6 +135,28 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("file", metavar="FILE.jsonl", help="one job per line, fields as for POST /api/jobs; - for stdin")
     p.add_argument("--chunk", type=int, default=1000, help="jobs per batch request (1-10000, default 1000)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    workflows = sub.add_parser("workflows", help="workflows (tasks run in dependency order) through the API: "
+                               "create, list, get, wait, …", epilog=_epilog(),
+                               formatter_class=fmt).add_subparsers(dest="action", required=True, metavar="ACTION")
+    p = leaf(workflows, "create", "create a workflow from its JSON definition (the body of POST /api/workflows)")
+    p.add_argument("file", metavar="FILE.json", help="the definition: name, tasks, …; - for stdin")
+    p.add_argument("--idempotency-key", help="repeat a create safely (default: a new key per command)")
+    p = leaf(workflows, "list", "list workflows, newest first")
+    p.add_argument("--status", action="append", default=[],
+                   help=f"only these statuses ({', '.join(WORKFLOW_STATUSES)}; repeat or comma separate)")
+    p.add_argument("--name")
+    p.add_argument("--limit", type=int, default=50, help="workflows per page (default 50)")
+    p.add_argument("--cursor", help="next_cursor of the previous page")
+    p.add_argument("--all", action="store_true", help="every page")
+    for name, help_text in (("get", "show a workflow and its tasks"),
+                            ("cancel", "cancel a workflow: its tasks that have not started are cancelled"),
+                            ("rerun", "run a FAILED or CANCELLED workflow's unfinished tasks again")):
+        p = leaf(workflows, name, help_text)
+        p.add_argument("workflow_id", metavar="WORKFLOW_ID")
+    p = leaf(workflows, "wait", "wait until a workflow ends; exit code by its status")
+    p.add_argument("workflow_id", metavar="WORKFLOW_ID")
+    p.add_argument("--wait-timeout", type=float, help="give up after this many seconds (exit 8)")
 
     schedules = sub.add_parser("schedules", help="recurring schedules through the API: create, list, preview, …",
                                epilog=_epilog(), formatter_class=fmt).add_subparsers(dest="action", required=True,
@@ -183,7 +209,7 @@ def _definition_args(p: argparse.ArgumentParser, draft: bool = False) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run a ``jobs`` or ``schedules`` command; returns the exit code."""
+    """Run a ``jobs``, ``workflows`` or ``schedules`` command; returns the exit code."""
     from chronoq import errors
     from chronoq.client import Client
 
@@ -292,11 +318,11 @@ def _pairs(items: list[str], what: str) -> dict[str, str]:
     return pairs
 
 
-def _statuses(items: list[str]) -> list[str]:
+def _statuses(items: list[str], known: tuple[str, ...] = STATUSES) -> list[str]:
     statuses = [part.strip().upper() for item in items for part in item.split(",") if part.strip()]
-    unknown = [s for s in statuses if s not in STATUSES]
+    unknown = [s for s in statuses if s not in known]
     if unknown:
-        raise UsageError(f"unknown status {', '.join(unknown)}; one of {', '.join(STATUSES)}")
+        raise UsageError(f"unknown status {', '.join(unknown)}; one of {', '.join(known)}")
     return statuses
 
 
@@ -317,7 +343,8 @@ def _job_block(job: "Job") -> str:
         ("execute_at", job.execute_at), ("original_execute_at", job.original_execute_at),
         ("attempts", f"{job.attempts} (max_retries {job.max_retries}, runs {job.runs})"),
         ("priority", job.priority), ("timeout_seconds", job.timeout_seconds), ("payload", job.payload),
-        ("metadata", job.metadata or None), ("schedule_id", job.schedule_id), ("created_at", job.created_at),
+        ("metadata", job.metadata or None), ("schedule_id", job.schedule_id), ("workflow_id", job.workflow_id),
+        ("task_key", job.task_key), ("created_at", job.created_at),
         ("started_at", job.started_at), ("finished_at", job.finished_at), ("next_attempt_at", job.next_attempt_at),
         ("executor", job.executor), ("output", job.output), ("error", job.error),
     ])
@@ -355,18 +382,25 @@ def jobs_create(client: "Client", args: argparse.Namespace, out: Output) -> int:
 
 
 def jobs_list(client: "Client", args: argparse.Namespace, out: Output) -> int:
+    filters = dict(status=_statuses(args.status) or None, type=args.type, name=args.name, schedule_id=args.schedule,
+                   workflow_id=args.workflow, execute_after=args.after, execute_before=args.before,
+                   metadata=_pairs(args.metadata, "--metadata") or None, tenant=args.tenant)
+    return _list(client.jobs, args, out, JOB_COLUMNS, _job_row, **filters)
+
+
+def _list(resource: Any, args: argparse.Namespace, out: Output, columns: Any, row: Callable[[Any], Any],
+          **filters: Any) -> int:
+    """A list command: one page (``--limit``, ``--cursor``) or, with ``--all``, every page of
+    ``resource``'s list (``client.jobs``, ``.workflows``, ``.schedules``), as a table or JSON."""
     from chronoq.output import table
 
-    filters = dict(status=_statuses(args.status) or None, type=args.type, name=args.name, schedule_id=args.schedule,
-                   execute_after=args.after, execute_before=args.before,
-                   metadata=_pairs(args.metadata, "--metadata") or None, tenant=args.tenant)
     if args.all:
-        items, cursor = list(client.jobs.iter_all(page_size=min(max(args.limit, 1), 500), **filters)), None
-        raw = {"items": [dict(job.raw) for job in items], "next_cursor": None}
+        items, cursor = list(resource.iter_all(page_size=min(max(args.limit, 1), 500), **filters)), None
+        raw = {"items": [dict(item.raw) for item in items], "next_cursor": None}
     else:
-        page = client.jobs.list(limit=args.limit, cursor=args.cursor, **filters)
+        page = resource.list(limit=args.limit, cursor=args.cursor, **filters)
         items, cursor, raw = page.items, page.next_cursor, dict(page.raw)
-    out.result(raw, lambda: table(JOB_COLUMNS, [_job_row(job) for job in items]))
+    out.result(raw, lambda: table(columns, [row(item) for item in items]))
     if cursor and not out.as_json:
         out.note(f"more: --cursor {cursor} (or --all)")
     return EXIT_OK
@@ -557,6 +591,92 @@ def _import_summary(out: Output, summary: Any) -> None:
         print(f"  line {failure['line']}: {code}{problems}", flush=True)
 
 
+# --- workflows ----------------------------------------------------------------------------
+
+WORKFLOW_COLUMNS = ("ID", "NAME", "STATUS", "EXECUTE_AT", "TASKS")
+TASK_COLUMNS = ("KEY", "STATUS", "DEPENDS_ON", "RUN_IF", "STARTED", "FINISHED", "ERROR")
+
+
+def _task_counts(counts: dict[str, int]) -> str:
+    """``SUCCESS 2, WAITING 1``: in the order a task goes through its statuses."""
+    order = {status: index for index, status in enumerate(STATUSES)}
+    return ", ".join(f"{status} {n}" for status, n in sorted(counts.items(), key=lambda item: order.get(item[0], 99)))
+
+
+def _run_if(value: Any) -> str:
+    """A task's condition as people read it: ``success``, or ``tasks.a.output.n gt 0``."""
+    if not isinstance(value, dict):
+        return str(value)
+    text = f"{value.get('path')} {value.get('op')}"
+    return text + (f" {json.dumps(value['value'], ensure_ascii=False)}" if "value" in value else "")
+
+
+def _workflow_row(w: Any) -> tuple[Any, ...]:
+    return (w.id, w.name, w.status, w.execute_at, _task_counts(w.task_counts) or None)
+
+
+def _workflow_text(w: Any) -> str:
+    from chronoq.output import block, table
+
+    counts = w.task_counts or {t.status: sum(u.status == t.status for u in w.tasks) for t in w.tasks}
+    head = block([
+        ("id", w.id), ("name", w.name), ("status", w.status), ("tenant", w.tenant),
+        ("failure_policy", w.failure_policy), ("execute_at", w.execute_at), ("created_at", w.created_at),
+        ("started_at", w.started_at), ("finished_at", w.finished_at), ("runs", w.runs),
+        ("metadata", w.metadata or None), ("schedule_id", w.schedule_id), ("tasks", _task_counts(counts) or None),
+    ])
+    if not w.tasks:
+        return head
+    rows = [(t.key, t.status, ", ".join(t.depends_on) or None, _run_if(t.run_if) + (" (allow_failure)" if
+             t.allow_failure else ""), t.started_at, t.finished_at, t.error) for t in w.tasks]
+    return head + "\n\n" + table(TASK_COLUMNS, rows)
+
+
+def _show_workflow(out: Output, workflow: Any) -> None:
+    out.result(workflow, lambda: _workflow_text(workflow))
+
+
+def workflows_create(client: "Client", args: argparse.Namespace, out: Output) -> int:
+    try:
+        text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text()
+    except OSError as exc:
+        raise UsageError(f"cannot read {args.file}: {exc.strerror}") from None
+    try:
+        definition = json.loads(text)
+    except ValueError as exc:
+        raise UsageError(f"{args.file} is not valid JSON: {exc}") from None
+    if not isinstance(definition, dict):
+        raise UsageError(f"{args.file} must hold one JSON object (the workflow's definition)")
+    _show_workflow(out, client.workflows.create(definition, idempotency_key=args.idempotency_key))
+    return EXIT_OK
+
+
+def workflows_list(client: "Client", args: argparse.Namespace, out: Output) -> int:
+    filters = dict(status=_statuses(args.status, WORKFLOW_STATUSES) or None, name=args.name)
+    return _list(client.workflows, args, out, WORKFLOW_COLUMNS, _workflow_row, **filters)
+
+
+def workflows_get(client: "Client", args: argparse.Namespace, out: Output) -> int:
+    _show_workflow(out, client.workflows.get(args.workflow_id))
+    return EXIT_OK
+
+
+def workflows_cancel(client: "Client", args: argparse.Namespace, out: Output) -> int:
+    _show_workflow(out, client.workflows.cancel(args.workflow_id))
+    return EXIT_OK
+
+
+def workflows_rerun(client: "Client", args: argparse.Namespace, out: Output) -> int:
+    _show_workflow(out, client.workflows.rerun(args.workflow_id))
+    return EXIT_OK
+
+
+def workflows_wait(client: "Client", args: argparse.Namespace, out: Output) -> int:
+    workflow = client.workflows.wait(args.workflow_id, args.wait_timeout)
+    _show_workflow(out, workflow)
+    return EXIT_OK if workflow.status == "SUCCESS" else EXIT_FAILED
+
+
 # --- schedules ----------------------------------------------------------------------------
 
 SCHEDULE_COLUMNS = ("ID", "NAME", "TIMING", "TIMEZONE", "PAUSED", "NEXT_FIRE_AT", "JOB")
@@ -564,8 +684,9 @@ SCHEDULE_COLUMNS = ("ID", "NAME", "TIMING", "TIMEZONE", "PAUSED", "NEXT_FIRE_AT"
 
 def _schedule_row(s: Any) -> tuple[Any, ...]:
     timing = s.cron if s.cron else f"every {s.interval_seconds:g}s"
-    return (s.id, s.name, timing, s.timezone, "yes" if s.paused else "no", s.next_fire_at,
-            f"{s.job.get('name')} ({s.job.get('type')})")
+    template = (f"{s.job.get('name')} ({s.job.get('type')})" if s.job else
+                f"workflow {s.workflow.get('name')} ({len(s.workflow.get('tasks') or [])} tasks)" if s.workflow else "")
+    return (s.id, s.name, timing, s.timezone, "yes" if s.paused else "no", s.next_fire_at, template)
 
 
 def _schedule_block(s: Any) -> str:
@@ -575,7 +696,8 @@ def _schedule_block(s: Any) -> str:
         ("id", s.id), ("name", s.name), ("cron", s.cron), ("interval_seconds", s.interval_seconds),
         ("timezone", s.timezone), ("start_at", s.start_at), ("end_at", s.end_at), ("paused", s.paused),
         ("next_fire_at", s.next_fire_at), ("overlap_policy", s.overlap_policy), ("catchup_policy", s.catchup_policy),
-        ("job", s.job), ("last_occurrence", s.last_occurrence), ("on_time", s.on_time),
+        ("job" if s.workflow is None else "workflow", s.job if s.workflow is None else s.workflow),
+        ("last_occurrence", s.last_occurrence), ("on_time", s.on_time),
     ])
 
 
@@ -599,10 +721,12 @@ def _definition(args: argparse.Namespace, draft: bool = False) -> dict[str, Any]
                "payload": _json_arg(args.payload, "--payload") or {}}
     if job is not None:
         definition["job"] = job
-    if draft:
+        definition.pop("workflow", None)
+    if draft and "workflow" not in definition:
         definition.setdefault("job", {"name": "preview", "type": "noop"})  # a preview needs none; the API a template
-    elif "job" not in definition:
-        raise UsageError("give the job each occurrence runs: --job JSON, or --job-type (and --job-name, --payload)")
+    elif "job" not in definition and "workflow" not in definition:
+        raise UsageError("give the job each occurrence runs: --job JSON, or --job-type (and --job-name, --payload); "
+                         "or a workflow template in --definition")
     if "cron" not in definition and "interval_seconds" not in definition:
         raise UsageError("give --cron or --every")
     return definition
@@ -615,19 +739,8 @@ def schedules_create(client: "Client", args: argparse.Namespace, out: Output) ->
 
 
 def schedules_list(client: "Client", args: argparse.Namespace, out: Output) -> int:
-    from chronoq.output import table
-
     paused = True if args.paused else False if args.active else None
-    if args.all:
-        items, cursor = list(client.schedules.iter_all(paused=paused, name=args.name)), None
-        raw = {"items": [dict(s.raw) for s in items], "next_cursor": None}
-    else:
-        page = client.schedules.list(paused=paused, name=args.name, limit=args.limit, cursor=args.cursor)
-        items, cursor, raw = page.items, page.next_cursor, dict(page.raw)
-    out.result(raw, lambda: table(SCHEDULE_COLUMNS, [_schedule_row(s) for s in items]))
-    if cursor and not out.as_json:
-        out.note(f"more: --cursor {cursor} (or --all)")
-    return EXIT_OK
+    return _list(client.schedules, args, out, SCHEDULE_COLUMNS, _schedule_row, paused=paused, name=args.name)
 
 
 def schedules_get(client: "Client", args: argparse.Namespace, out: Output) -> int:
@@ -671,6 +784,9 @@ HANDLERS: dict[tuple[str, str], Callable[["Client", argparse.Namespace, Output],
     ("jobs", "attempts"): jobs_attempts, ("jobs", "cancel"): jobs_cancel, ("jobs", "trigger"): jobs_trigger,
     ("jobs", "rerun"): jobs_rerun, ("jobs", "wait"): jobs_wait, ("jobs", "stats"): jobs_stats,
     ("jobs", "watch"): jobs_watch, ("jobs", "import"): jobs_import,
+    ("workflows", "create"): workflows_create, ("workflows", "list"): workflows_list,
+    ("workflows", "get"): workflows_get, ("workflows", "cancel"): workflows_cancel,
+    ("workflows", "rerun"): workflows_rerun, ("workflows", "wait"): workflows_wait,
     ("schedules", "create"): schedules_create, ("schedules", "list"): schedules_list,
     ("schedules", "get"): schedules_get, ("schedules", "pause"): schedules_pause,
     ("schedules", "resume"): schedules_resume, ("schedules", "delete"): schedules_delete,

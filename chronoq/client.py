@@ -6,7 +6,8 @@
 >>> client.wait(job.id, timeout=60).status
 'SUCCESS'
 
-One method per endpoint, grouped as ``client.jobs``, ``client.schedules`` and ``client.admin``;
+One method per endpoint, grouped as ``client.jobs``, ``client.workflows``, ``client.schedules`` and
+``client.admin``;
 typed results (:mod:`chronoq.models`); every error a :class:`chronoq.errors.ChronoqError`.
 
 Retries: a request is sent again after a dropped connection, a timeout, or a 502/503/504 only
@@ -28,6 +29,7 @@ import os
 import time
 import uuid
 from collections import deque
+from contextlib import closing
 from datetime import datetime
 from typing import Any, Callable, Iterable, Iterator, Mapping
 from urllib.parse import quote, urlsplit
@@ -54,6 +56,8 @@ from chronoq.models import (
     SigningSecret,
     Stats,
     Tenant,
+    Workflow,
+    WorkflowPage,
 )
 from chronoq.sse import SseParser
 
@@ -65,6 +69,9 @@ log.addHandler(logging.NullHandler())  # a library: the application decides what
 RETRY_BACKOFF = Backoff(first=0.25, cap=4.0)
 #: Pauses between polls of :meth:`Client.wait`.
 WAIT_BACKOFF = Backoff(first=0.1, cap=2.0)
+#: Seconds between reads of a workflow :meth:`Workflows.wait` follows when none of its tasks
+#: changes (the scanner's sweep may settle a workflow without a task event).
+WORKFLOW_RECHECK = 30.0
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "DELETE"})
 _RETRY_STATUSES = frozenset({502, 503, 504})
 
@@ -141,6 +148,7 @@ class Client:
         self._http = session or requests.Session()
         self._sleep: Callable[[float], None] = time.sleep
         self.jobs = Jobs(self)
+        self.workflows = Workflows(self)
         self.schedules = Schedules(self)
         self.admin = Admin(self)
 
@@ -244,7 +252,7 @@ class Client:
     def events(self, *, job_id: str | None = None, schedule_id: str | None = None,
                status: str | Iterable[str] | None = None, last_event_id: str | None = None,
                reconnect: bool = True, read_timeout: float = 90.0,
-               on_open: Callable[[], None] | None = None) -> Iterator[Event]:
+               on_open: Callable[[], None] | None = None, until: float | None = None) -> Iterator[Event]:
         """Follow ``GET /api/events``: each job state change as an :class:`~chronoq.models.Event`,
         filtered by job, schedule and status. A stream the server ends (it bounds each one) or
         that breaks is opened again with ``Last-Event-ID``, so no change is missed or repeated;
@@ -254,7 +262,9 @@ class Client:
         :class:`~chronoq.errors.Unavailable` when it cannot be reached ``retries`` times in a row.
         ``on_open`` is called each time a stream is open, before its first event is read (a
         caller that read a state before following its changes reads it again there, so a
-        change made before the stream opened is not missed)."""
+        change made before the stream opened is not missed). ``until`` (a :func:`time.monotonic`
+        time) ends the generator then, even when no change comes: it is looked at after every
+        chunk of the stream (the API sends a keep-alive every few seconds) and bounds each read."""
         params: dict[str, Any] = _clean({"job_id": job_id, "schedule_id": schedule_id})
         if status:
             params["status"] = [status] if isinstance(status, str) else list(status)
@@ -262,6 +272,9 @@ class Client:
         failures = 0
         seen = _Recent()
         while True:
+            if until is not None and time.monotonic() >= until:
+                return
+            read_for = read_timeout if until is None else max(0.01, min(read_timeout, until - time.monotonic()))
             headers = {"Accept": "text/event-stream", "Cache-Control": "no-cache"}
             if self.token:
                 headers["Authorization"] = f"Bearer {self.token}"
@@ -272,7 +285,7 @@ class Client:
             received = False
             try:
                 with self._http.get(url, params=params, headers=headers, stream=True,
-                                    timeout=(self.timeout, read_timeout)) as response:
+                                    timeout=(self.timeout, read_for)) as response:
                     if response.status_code >= 400:
                         if response.status_code in _RETRY_STATUSES | {429} and failures < self.retries:
                             failures += 1
@@ -292,8 +305,13 @@ class Client:
                                 continue  # delivery is at least once: a resumed stream may repeat one
                             yield Event.from_json({**data, "event_id": sse.id})
                         last_event_id = parser.last_id
-            except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as exc:
+                        if until is not None and time.monotonic() >= until:
+                            return
+            except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError,
+                    urllib3.exceptions.HTTPError) as exc:  # urllib3's own: the body is read from response.raw
                 last_event_id = parser.last_id
+                if until is not None and time.monotonic() >= until:
+                    return
                 failures += 1
                 if failures > self.retries:
                     raise errors.Unavailable(f"GET {url}: {_reason(exc)}", attempts=failures) from exc
@@ -403,11 +421,13 @@ class Jobs:
     def list(self, *, status: str | Iterable[str] | None = None, type: str | None = None, name: str | None = None,
              execute_after: datetime | str | None = None, execute_before: datetime | str | None = None,
              schedule_id: str | None = None, metadata: Mapping[str, str] | None = None, tenant: str | None = None,
-             limit: int = 50, cursor: str | None = None) -> JobPage:
+             workflow_id: str | None = None, limit: int = 50, cursor: str | None = None) -> JobPage:
         """One page of jobs in ``execute_at`` order (``limit`` 1-500); pass the page's
-        ``next_cursor`` as ``cursor`` for the next. ``metadata`` entries must all hold."""
+        ``next_cursor`` as ``cursor`` for the next. ``metadata`` entries must all hold;
+        ``workflow_id`` selects that workflow's tasks."""
         params = _clean({"type": type, "name": name, "execute_after": execute_after, "execute_before": execute_before,
-                         "schedule_id": schedule_id, "tenant": tenant, "limit": limit, "cursor": cursor})
+                         "schedule_id": schedule_id, "workflow_id": workflow_id, "tenant": tenant, "limit": limit,
+                         "cursor": cursor})
         if status:
             params["status"] = [status] if isinstance(status, str) else list(status)
         if metadata:
@@ -478,6 +498,124 @@ class Jobs:
     def wait(self, job_id: str, timeout: float | None = None) -> Job:
         """:meth:`Client.wait`."""
         return self._c.wait(job_id, timeout)
+
+
+class _Ended(Exception):
+    """The waited-for workflow has ended (seen on a read of it)."""
+
+    def __init__(self, workflow: Workflow) -> None:
+        self.workflow = workflow
+
+
+class Workflows:
+    """``/api/workflows``: sets of tasks (each a job) that run in the order their dependencies say."""
+
+    def __init__(self, client: Client) -> None:
+        self._c = client
+
+    def create(self, definition: Mapping[str, Any], *, idempotency_key: str | None = None) -> Workflow:
+        """Create a workflow from its definition: ``name``, ``tasks`` (each with ``key``,
+        ``type`` and any of ``payload``, ``depends_on``, ``run_if``, ``allow_failure``, …) and
+        any of ``execute_at`` / ``delay_seconds``, ``failure_policy``, ``metadata``. Sent with
+        ``idempotency_key`` (a new one when not given), so a retried create never makes two;
+        the same key and definition return the first workflow."""
+        key = idempotency_key or f"client-{uuid.uuid4()}"
+        return Workflow.from_json(self._c.request("POST", "/api/workflows", json_body=_clean(definition),
+                                                  headers={"Idempotency-Key": key}, safe=True))
+
+    def list(self, *, status: str | Iterable[str] | None = None, name: str | None = None, limit: int = 50,
+             cursor: str | None = None) -> WorkflowPage:
+        """One page of workflows, newest first (each with ``task_counts``, without ``tasks``);
+        pass the page's ``next_cursor`` as ``cursor`` for the next."""
+        params = _clean({"name": name, "limit": limit, "cursor": cursor})
+        if status:
+            params["status"] = [status] if isinstance(status, str) else list(status)
+        return WorkflowPage.from_json(self._c.request("GET", "/api/workflows", params=params))
+
+    def iter_all(self, *, page_size: int = 200, **filters: Any) -> Iterator[Workflow]:
+        """Every workflow the filters of :meth:`list` match, page after page."""
+        return _pages(lambda cursor: self.list(limit=page_size, cursor=cursor, **filters))
+
+    def get(self, workflow_id: str) -> Workflow:
+        """One workflow with its tasks (:class:`~chronoq.errors.NotFound` if unknown or another tenant's)."""
+        return Workflow.from_json(self._c.request("GET", _path("api", "workflows", workflow_id)))
+
+    def cancel(self, workflow_id: str) -> Workflow:
+        """Cancel a workflow: its tasks that have not started are CANCELLED, running ones finish
+        (:class:`~chronoq.errors.Conflict` if it had ended). A cancel retried after a lost answer
+        returns the cancelled workflow."""
+        try:
+            body, _ = self._c._send("DELETE", _path("api", "workflows", workflow_id))
+        except errors.Conflict as exc:
+            if exc.attempts > 1:  # our own first try may have cancelled it
+                workflow = self.get(workflow_id)
+                if workflow.status == "CANCELLED":
+                    return workflow
+            raise
+        return Workflow.from_json(body)
+
+    def rerun(self, workflow_id: str) -> Workflow:
+        """Run a FAILED or CANCELLED workflow again: its FAILED, CANCELLED and SKIPPED tasks run
+        again, SUCCESS ones keep their results (:class:`~chronoq.errors.Conflict` otherwise)."""
+        return Workflow.from_json(self._c.request("POST", _path("api", "workflows", workflow_id, "rerun")))
+
+    def wait(self, workflow_id: str, timeout: float | None = None) -> Workflow:
+        """Wait until the workflow ends (SUCCESS, FAILED or CANCELLED) and return it;
+        :class:`~chronoq.errors.WaitTimeout` (``job`` holding the workflow's last state) after
+        ``timeout`` seconds (give or take the stream's keep-alive interval).
+
+        It follows the event stream and reads the workflow again whenever one of its tasks
+        changes, and each time a stream opens (so a change made before it opened is not missed);
+        the stream is opened again every :data:`WORKFLOW_RECHECK` seconds. An API without an
+        event stream is polled as :meth:`Client.wait` polls a job."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        last = self.get(workflow_id)
+        if last.finished:
+            return last
+        opened = False
+
+        def reread() -> None:
+            nonlocal last, opened
+            opened = True
+            last = self.get(workflow_id)
+            if last.finished:
+                raise _Ended(last)
+
+        try:
+            while deadline is None or time.monotonic() < deadline:
+                until = time.monotonic() + WORKFLOW_RECHECK
+                until = until if deadline is None else min(until, deadline)
+                with closing(self._c.events(on_open=reread, until=until)) as stream:  # closed: frees the API's thread
+                    for event in stream:
+                        if event.job_id in {task.id for task in last.tasks}:
+                            reread()
+        except _Ended as ended:
+            return ended.workflow
+        except errors.NotFound:
+            if opened:
+                raise  # the workflow itself is gone
+            return self._poll(workflow_id, deadline, timeout)
+        last = self.get(workflow_id)  # the deadline passed: one last look
+        if last.finished:
+            return last
+        raise errors.WaitTimeout(f"workflow {workflow_id} is still {last.status} after {timeout:g}s", last)
+
+    def _poll(self, workflow_id: str, deadline: float | None, timeout: float | None) -> Workflow:
+        """:meth:`wait` on an API without an event stream: poll, backing off as :meth:`Client.wait` does."""
+        polls = 0
+        while True:
+            workflow = self.get(workflow_id)
+            if workflow.finished:
+                return workflow
+            polls += 1
+            pause = WAIT_BACKOFF.delay(polls)
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise errors.WaitTimeout(f"workflow {workflow_id} is still {workflow.status} after {timeout:g}s",
+                                             workflow)
+                pause = min(pause, left)
+            self._c._sleep(pause)
 
 
 class Schedules:

@@ -23,7 +23,8 @@ class Unavailable(ChronoqError):
 
 
 class WaitTimeout(ChronoqError):
-    """:meth:`chronoq.client.Client.wait` gave up before the job finished; ``job`` is its last state."""
+    """:meth:`chronoq.client.Client.wait` gave up before the job finished; ``job`` is its last state
+    (for :meth:`chronoq.client.Workflows.wait`, the workflow's)."""
 
     def __init__(self, message: str, job: Any) -> None:
         super().__init__(message)
@@ -90,11 +91,12 @@ class Forbidden(ApiError):
 
 
 class NotFound(ApiError):
-    """404: no such job or schedule (or another tenant's)."""
+    """404: no such job, workflow or schedule (or another tenant's)."""
 
 
 class Conflict(ApiError):
-    """409: the job's status refuses the operation (the message names it), or a key was reused."""
+    """409: the job's (or workflow's) status refuses the operation (the message names it), or a key
+    was reused."""
 
 
 class PayloadTooLarge(ApiError):

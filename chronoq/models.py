@@ -13,6 +13,8 @@ from typing import Any, Mapping, TypeVar
 
 #: Statuses a job does not leave by itself (only a rerun starts it again).
 FINISHED = frozenset({"SUCCESS", "FAILED", "CANCELLED", "SKIPPED"})
+#: Statuses a workflow does not leave by itself (only a rerun starts it again).
+WORKFLOW_FINISHED = frozenset({"SUCCESS", "FAILED", "CANCELLED"})
 
 M = TypeVar("M", bound="Model")
 
@@ -73,11 +75,92 @@ class Job(Model):
     scheduled_for: datetime | None = None
     original_execute_at: datetime | None = None
     runs: int = 1
+    workflow_id: str | None = None  # the workflow the job is a task of (None: a plain job, or an older API)
+    task_key: str | None = None
 
     @property
     def finished(self) -> bool:
         """SUCCESS, FAILED, CANCELLED or SKIPPED: nothing more happens unless it is rerun."""
         return self.status in FINISHED
+
+
+@dataclass(frozen=True)
+class WorkflowTask(Model):
+    """One task of a workflow: its job's state, and how it depends on the others."""
+
+    key: str = ""
+    id: str = ""  # the task's job
+    name: str = ""
+    type: str = ""
+    status: str = ""
+    depends_on: list[str] = field(default_factory=list)
+    run_if: Any = "success"  # "success", "failure", "always" or {"path", "op", "value"}
+    allow_failure: bool = False
+    execute_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    attempts: int = 0
+    output: Any = None
+    error: str | None = None
+
+    @property
+    def finished(self) -> bool:
+        """SUCCESS, FAILED, CANCELLED or SKIPPED."""
+        return self.status in FINISHED
+
+
+@dataclass(frozen=True)
+class Workflow(Model):
+    """A workflow (``GET /api/workflows/{id}``); ``tasks`` in the order they were given (empty
+    in a list, which has ``task_counts`` instead)."""
+
+    id: str = ""
+    tenant: str | None = None
+    name: str = ""
+    status: str = ""
+    failure_policy: str = "fail_fast"
+    execute_at: datetime | None = None
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    runs: int = 1
+    schedule_id: str | None = None
+    scheduled_for: datetime | None = None
+    task_counts: dict[str, int] = field(default_factory=dict)
+    tasks: list[WorkflowTask] = field(default_factory=list)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> "Workflow":
+        made = super().from_json(data)
+        return dataclasses.replace(made, tasks=[WorkflowTask.from_json(task) for task in data.get("tasks") or []],
+                                   task_counts=dict(data.get("task_counts") or {}))
+
+    @property
+    def finished(self) -> bool:
+        """SUCCESS, FAILED or CANCELLED: nothing more happens unless it is rerun."""
+        return self.status in WORKFLOW_FINISHED
+
+    def task(self, key: str) -> WorkflowTask:
+        """The task named ``key`` (KeyError if none)."""
+        for task in self.tasks:
+            if task.key == key:
+                return task
+        raise KeyError(key)
+
+
+@dataclass(frozen=True)
+class WorkflowPage(Model):
+    """One page of ``GET /api/workflows``, newest first; pass ``next_cursor`` back for the next."""
+
+    items: list[Workflow] = field(default_factory=list)
+    next_cursor: str | None = None
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> "WorkflowPage":
+        return cls(raw=dict(data), items=[Workflow.from_json(item) for item in data.get("items", [])],
+                   next_cursor=data.get("next_cursor"))
 
 
 @dataclass(frozen=True)
@@ -190,7 +273,9 @@ class Schedule(Model):
     catchup_limit: int = 0
     catchup_per_second: float = 0.0
     overlap_policy: str = ""
-    job: dict[str, Any] = field(default_factory=dict)
+    #: The template of each occurrence: a job's fields, or (``workflow``) a workflow's; the other is None.
+    job: dict[str, Any] | None = None
+    workflow: dict[str, Any] | None = None
     paused: bool = False
     paused_at: datetime | None = None
     next_fire_at: datetime | None = None

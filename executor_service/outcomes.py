@@ -22,7 +22,8 @@ from typing import Any
 
 import orjson
 
-from common.core import store
+from common.core import store, workflow_release
+from common.core.dispatch import dispatch_released
 from common.core.messages import UpdateMessage, encode_update
 from common.infra.config import Settings
 from common.infra.db import session_scope
@@ -98,13 +99,17 @@ class Outcomes:
     def running(self, update: UpdateMessage) -> None:
         self._gather(Report(update, final=False))
 
-    def final(self, update: UpdateMessage, dead_letter: DeadLetter | None = None) -> None:
-        self._gather(Report(update, final=True, dead_letter=dead_letter))
+    def final(self, update: UpdateMessage, dead_letter: DeadLetter | None = None, *, urgent: bool = False) -> None:
+        """Report an attempt's end; ``urgent`` (a workflow's task, whose end releases the tasks
+        after it) hands it over at once instead of after :data:`HANDOVER_DELAY`."""
+        self._gather(Report(update, final=True, dead_letter=dead_letter), urgent=urgent)
 
-    def _gather(self, report: Report) -> None:
-        if not self._gathered:
+    def _gather(self, report: Report, urgent: bool = False) -> None:
+        if not self._gathered and not urgent:
             asyncio.get_running_loop().call_later(HANDOVER_DELAY, self.hand_over)
         self._gathered.append(report)
+        if urgent:
+            self.hand_over()
 
     def hand_over(self) -> None:
         """Give the reports gathered on the loop to the reporter thread (on the loop)."""
@@ -169,7 +174,10 @@ class Outcomes:
         try:
             with session_scope(self.settings) as session:
                 store.end_attempts(session, ends, lease=self.settings.lease_seconds)
+                released = workflow_release.released(session)
             WRITE_SECONDS.observe(time.perf_counter() - started)
+            # Workflow tasks whose last dependency just ended: due now, so published now.
+            dispatch_released(self.settings, self.producer, released)
             return True
         except DatabaseUnavailable as exc:
             log.warning(
@@ -211,6 +219,8 @@ class Outcomes:
         try:
             with session_scope(self.settings) as session:
                 store.apply_updates(session, pending, lease=self.settings.lease_seconds)
+                released = workflow_release.released(session)
+            dispatch_released(self.settings, self.producer, released)
         except DatabaseUnavailable:
             return 0
         with self._pending_lock:

@@ -75,6 +75,8 @@ class Run:
     secret_names: frozenset[str] = frozenset()
     #: Attempts of the job's earlier runs (reruns): its retries are counted from here.
     attempt_base: int = 0
+    #: A workflow's task: its end is reported at once (it releases the tasks after it).
+    in_workflow: bool = False
 
 
 def _signing_secrets(tenants: Tenants, row: ClaimedRow) -> tuple[str, ...]:
@@ -116,9 +118,10 @@ def prepare(
         problem = PermanentFailure(f"cannot prepare the run: {type(exc).__name__}: {exc}")
     else:
         return Run(row.type, row.tenant, payload, row.timeout_seconds, row.max_retries, handler, signing,
-                   secret_names=secret_names(row.type, row.payload), attempt_base=row.attempt_base)
+                   secret_names=secret_names(row.type, row.payload), attempt_base=row.attempt_base,
+                   in_workflow=row.in_workflow)
     return Run(row.type, row.tenant, {}, row.timeout_seconds, row.max_retries, problem=problem,
-               attempt_base=row.attempt_base)
+               attempt_base=row.attempt_base, in_workflow=row.in_workflow)
 
 
 async def fire(runner: "Runner", message: DispatchMessage) -> None:
@@ -199,7 +202,7 @@ class Runner:
             self._failed(message, run, now, exc)
             return exc
         else:
-            self._succeeded(message, now, output)
+            self._succeeded(message, now, output, urgent=run.in_workflow)
             return None
         finally:
             # After the handler, not before it: the histogram is fed off the loop.
@@ -263,7 +266,7 @@ class Runner:
             order=(message.execute_at, -message.priority),
         )
 
-    def _succeeded(self, message: DispatchMessage, started_at: datetime, output: Any) -> None:
+    def _succeeded(self, message: DispatchMessage, started_at: datetime, output: Any, *, urgent: bool = False) -> None:
         finished = clock.utcnow()
         self.counters.add("succeeded")
         if log.isEnabledFor(logging.DEBUG):
@@ -275,7 +278,7 @@ class Runner:
         self.outcomes.final(self._update(
             message, JobStatus.SUCCESS, at=finished, started_at=started_at, finished_at=finished,
             output=safe_output(output),
-        ))
+        ), urgent=urgent)
 
     def _failed(self, message: DispatchMessage, run: Run, started_at: datetime, exc: Exception) -> None:
         finished = clock.utcnow()
@@ -328,6 +331,7 @@ class Runner:
                     "attempt": message.attempt, "max_retries": run.max_retries, "error": error,
                 },
             ),
+            urgent=run.in_workflow,
         )
 
     def _report_missed(self, message: DispatchMessage, now: datetime, error: str) -> None:

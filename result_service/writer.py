@@ -10,7 +10,8 @@ import logging
 import threading
 import time
 
-from common.core import store
+from common.core import store, workflow_release
+from common.core.dispatch import dispatch_released
 from common.core.messages import UpdateMessage, decode_update
 from common.infra import tracing
 from common.infra.config import Settings
@@ -85,6 +86,10 @@ class ResultWriter:
     def _apply(self, updates: list[UpdateMessage]) -> int:
         with session_scope(self.settings) as session:
             moved = store.apply_updates(session, updates, lease=self.settings.lease_seconds)
+            released = workflow_release.released(session)
+        # Workflow tasks released by these ends (when the executors' own write-through did not
+        # get there first): due now, so published now.
+        dispatch_released(self.settings, self.producer, released)
         for message in updates if log.isEnabledFor(logging.DEBUG) else ():
             log.debug("job %s attempt %d: %s", message.job_id, message.attempt, message.status,
                       extra=job_fields(message.job_id, message.attempt, message.token))

@@ -1,6 +1,6 @@
 """The scanner's maintenance thread: deletes what outlived its retention — finished jobs with
-their history (CHRONOQ_RETENTION_DAYS), audit records (CHRONOQ_AUDIT_RETENTION_DAYS) and job
-state changes (CHRONOQ_EVENTS_RETENTION_HOURS) — in
+their history and ended workflows with their tasks (CHRONOQ_RETENTION_DAYS), audit records
+(CHRONOQ_AUDIT_RETENTION_DAYS) and job state changes (CHRONOQ_EVENTS_RETENTION_HOURS) — in
 small batches, each its own short transaction, so neither the scans nor the API wait on it.
 Any number of scanners may run it at once: batches skip rows another one holds."""
 
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Callable
 
-from common.core import store
+from common.core import store, workflows
 from common.core.events import prune_events
 from common.infra.config import Settings
 from common.infra.db import session_scope
@@ -34,6 +34,7 @@ PROGRESS_EVERY = 10.0
 @dataclass
 class Pruned:
     jobs: int = 0
+    workflows: int = 0
     audit: int = 0
     events: int = 0
 
@@ -58,13 +59,16 @@ class Maintenance:
         jobs_before = now - timedelta(days=self.settings.retention_days)
         audit_before = now - timedelta(days=self.settings.audit_retention_days)
         events_before = now - timedelta(hours=self.settings.events_retention_hours)
-        for what, prune, before in (("jobs", store.prune_finished, jobs_before),
-                                    ("audit", store.prune_audit, audit_before),
-                                    ("events", prune_events, events_before)):
+        # A workflow is deleted with its tasks (up to CHRONOQ_WORKFLOW_MAX_TASKS each): fewer per batch.
+        workflow_batch = max(1, self.batch // 20)
+        for what, prune, before, batch in (("jobs", store.prune_finished, jobs_before, self.batch),
+                                           ("workflows", workflows.prune_finished, jobs_before, workflow_batch),
+                                           ("audit", store.prune_audit, audit_before, self.batch),
+                                           ("events", prune_events, events_before, self.batch)):
             while not self.stop.is_set():
-                deleted = self._batch(prune, before)
+                deleted = self._batch(prune, before, batch)
                 setattr(result, what, getattr(result, what) + deleted)
-                if deleted < self.batch:
+                if deleted < batch:
                     break
                 if time.monotonic() - last_report >= PROGRESS_EVERY:
                     last_report = time.monotonic()
@@ -73,16 +77,17 @@ class Maintenance:
                              "(%.0f/s)", result.jobs, result.audit, result.events,
                              (result.jobs + result.audit + result.events) / elapsed)
                 self.stop.wait(self.pause)
-        if result.jobs or result.audit or result.events:
-            log.info("retention: deleted %d jobs finished before %s, %d audit records before %s and %d job "
-                     "events before %s in %.1fs", result.jobs, jobs_before.isoformat(timespec="seconds"),
+        if result.jobs or result.workflows or result.audit or result.events:
+            log.info("retention: deleted %d jobs and %d workflows finished before %s, %d audit records before %s "
+                     "and %d job events before %s in %.1fs", result.jobs, result.workflows,
+                     jobs_before.isoformat(timespec="seconds"),
                      result.audit, audit_before.isoformat(timespec="seconds"), result.events,
                      events_before.isoformat(timespec="seconds"), time.monotonic() - started)
         return result
 
-    def _batch(self, prune: Callable[..., int], before: datetime) -> int:
+    def _batch(self, prune: Callable[..., int], before: datetime, limit: int) -> int:
         with session_scope(self.settings) as session:
-            return prune(session, before=before, limit=self.batch)
+            return prune(session, before=before, limit=limit)
 
     def start(self) -> "Maintenance":
         self.thread = threading.Thread(target=self._run, name="maintenance", daemon=True)

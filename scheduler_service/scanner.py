@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from typing import Any, Callable
 
-from common.core import schedules, store
+from common.core import schedules, store, workflow_release
 from common.infra import clock as wall_clock
 from common.infra.config import Settings
 from common.infra.db import session_scope
@@ -83,6 +83,7 @@ class Scanner:
         horizon = dispatch_horizon(now, self.settings.scan_interval_seconds)
         if not self.stop.is_set():
             self.make_occurrences(now, horizon)
+            self.release_stuck(now)
         result = DispatchResult() if self.stop.is_set() else self._batch(now, horizon)
         if self._more(result):
             with ThreadPoolExecutor(CLAIMERS, thread_name_prefix="claimer") as pool:
@@ -90,6 +91,15 @@ class Scanner:
                     result += drained
         self.totals += result
         return result
+
+    def release_stuck(self, now: datetime) -> int:
+        """Advance workflows with nothing under way (common.core.workflow_release.sweep): the
+        tasks it releases are due now, so this scan dispatches them. Normally there are none:
+        every settle releases in its own transaction."""
+        with session_scope(self.settings) as session:
+            changed = workflow_release.sweep(session, now=now)
+            workflow_release.released(session)  # claimed below, by this scan
+        return changed
 
     def make_occurrences(self, now: datetime, horizon: datetime) -> schedules.Made:
         """Make the occurrences of every schedule due before ``horizon``, in the window this

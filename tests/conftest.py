@@ -93,7 +93,7 @@ def settings(pg_url: str) -> Iterator[Settings]:
     """Settings on the test database, emptied before each test."""
     result = load_settings({}, database_url=pg_url, **TEST_SETTINGS)
     with get_engine(result).begin() as conn:
-        conn.execute(sa.text("TRUNCATE job_attempts, jobs, job_events, schedules, api_keys, tenants, audit_log"))
+        conn.execute(sa.text("TRUNCATE job_attempts, jobs, job_events, workflows, schedules, api_keys, tenants, audit_log"))
     yield result
 
 
@@ -112,10 +112,9 @@ def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Setting
     yield local
 
 
-@pytest.fixture
-def kafka_settings(settings: Settings, broker: LocalBroker) -> Settings:
-    """Settings on the test database and broker, with topics and consumer groups unique to this
-    test (so nothing one test does to the broker reaches another), the topics already created."""
+def with_own_topics(settings: Settings, broker: LocalBroker) -> Settings:
+    """``settings`` on ``broker``, with topics and consumer groups no one else uses, the topics
+    already created."""
     from dataclasses import replace
 
     from common.infra.kafka import ensure_topics
@@ -131,3 +130,18 @@ def kafka_settings(settings: Settings, broker: LocalBroker) -> Settings:
     )
     ensure_topics(result)
     return result
+
+
+@pytest.fixture
+def kafka_settings(settings: Settings, broker: LocalBroker) -> Settings:
+    """Settings on the test database and broker, with topics and consumer groups unique to this
+    test (so nothing one test does to the broker reaches another), the topics already created."""
+    return with_own_topics(settings, broker)
+
+
+@pytest.fixture(scope="module")
+def module_kafka_settings(pg_url: str, broker: LocalBroker) -> Settings:
+    """Settings with topics and consumer groups unique to one test module, for a service that
+    serves all its tests (a consumer-group join costs seconds): its tests keep apart by their
+    own job ids, and ask for ``settings`` too to have the database emptied before each."""
+    return with_own_topics(load_settings({}, database_url=pg_url, **TEST_SETTINGS), broker)

@@ -8,6 +8,8 @@ import {jobView} from "./views/job.js";
 import {overviewView} from "./views/overview.js";
 import {schedulesView} from "./views/schedules.js";
 import {scheduleView} from "./views/schedule.js";
+import {workflowsView} from "./views/workflows.js";
+import {workflowView} from "./views/workflow.js";
 
 const main = document.getElementById("main");
 const ROLES = {viewer: 1, writer: 2, admin: 3};
@@ -44,6 +46,8 @@ function render() {
   else if (section === "jobs") view = jobsView(context);
   else if (section === "schedules" && parts[1]) view = scheduleView(context, parts[1]);
   else if (section === "schedules") view = schedulesView(context);
+  else if (section === "workflows" && parts[1]) view = workflowView(context, parts[1]);
+  else if (section === "workflows") view = workflowsView(context);
   else view = overviewView(context);
   leave = typeof view === "function" ? view : () => {};
 }

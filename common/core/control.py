@@ -43,7 +43,7 @@ REDRIVE_BATCH = 1000
 #: What the API reads of a job before it changes it: whose it is, what it runs, where it is.
 _FOUND_COLUMNS = (
     Job.id, Job.tenant, Job.type, Job.status, Job.payload, Job.attempts, Job.attempt_base, Job.max_retries,
-    Job.execute_at, Job.next_attempt_at, Job.dispatch_token,
+    Job.execute_at, Job.next_attempt_at, Job.dispatch_token, Job.workflow_id,
 )
 #: What a change returns of the row it wrote.
 _CHANGED_COLUMNS = (Job.id, Job.execute_at, Job.next_attempt_at, Job.dispatch_token, Job.runs, Job.attempts)
@@ -129,13 +129,14 @@ def rerun(session: Session, job_id: uuid.UUID, *, now: datetime, tenant: str | N
     attempts again, numbered on from the last one), ``runs`` goes up by one, and the last
     run's ``finished_at``, ``output`` and ``error`` are cleared; its history stays. The caller
     dispatches it (``store.claim_ids``) in the same transaction."""
-    outcome = _change(session, job_id, FINISHED, _rerun_values(now), tenant=tenant)
+    outcome = _change(session, job_id, FINISHED, rerun_values(now), tenant=tenant)
     if outcome.done:
         log.info("job %s rerun: run %d starts after attempt %d", job_id, outcome.row.runs, outcome.row.attempts)
     return outcome
 
 
-def _rerun_values(now: datetime) -> dict[Any, Any]:
+def rerun_values(now: datetime) -> dict[Any, Any]:
+    """What a rerun writes: a new run, due ``now``, SCHEDULED with the next dispatch token."""
     return {
         **_fenced(now), **_moved(now),
         Job.attempt_base: Job.attempts,
@@ -201,7 +202,10 @@ class RedriveFilter:
 
 
 def _matching(where: RedriveFilter) -> list[Any]:
-    clauses = [Job.status.in_(where.statuses), Job.finished_at < where.finished_before, *_scope(where.tenant)]
+    # A workflow's tasks are rerun with their workflow (POST /api/workflows/{id}/rerun), which
+    # keeps its status and releases in step: a redrive leaves them out.
+    clauses = [Job.status.in_(where.statuses), Job.finished_at < where.finished_before, *_scope(where.tenant),
+               Job.workflow_id.is_(None)]
     for column, value in ((Job.type, where.type), (Job.name, where.name), (Job.schedule_id, where.schedule_id)):
         if value is not None:
             clauses.append(column == value)
@@ -273,7 +277,7 @@ def redrive_batch(session: Session, where: RedriveFilter, *, now: datetime, size
         rerun = [uuid.UUID(str(job_id)) for job_id in session.scalars(
             update(Job)
             .where(Job.id.in_(locked), Job.status.in_(where.statuses))
-            .values(_rerun_values(now))
+            .values(rerun_values(now))
             .returning(Job.id)
             .execution_options(synchronize_session=False)
         )]

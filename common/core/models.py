@@ -111,6 +111,11 @@ class Job(Base):
     #: The W3C Trace Context (``traceparent``, ``tracestate``) of the span that created the job,
     #: with CHRONOQ_TRACING on: its dispatch continues that trace (common/infra/tracing.py).
     trace_context: Mapped[dict[str, str] | None] = mapped_column(JSON(none_as_null=True), nullable=True)
+    #: The workflow this job is a task of, and the task's key in it (both null for other jobs).
+    #: No foreign key: the workflow's tasks are deleted with it (retention), and adding one to
+    #: ``jobs`` on SQLite would copy the table and drop its event triggers.
+    workflow_id: Mapped[uuid.UUID | None] = mapped_column(Uuid, nullable=True)
+    task_key: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
     history: Mapped[list["JobAttempt"]] = relationship(
         back_populates="job", order_by="JobAttempt.attempt", cascade="all, delete-orphan", passive_deletes=True
@@ -151,6 +156,9 @@ class Job(Base):
         UniqueConstraint("tenant", "idempotency_key", name="uq_jobs_tenant_idempotency_key"),
         # An occurrence's identity; also the index of a schedule's jobs (list filter, figures).
         UniqueConstraint("schedule_id", "scheduled_for", name="uq_jobs_schedule_id_scheduled_for"),
+        # A workflow's tasks, one per key (a unique index, not a constraint: SQLite adds an index
+        # in place but a constraint only by copying the table).
+        Index("ix_jobs_workflow_id_task_key", "workflow_id", "task_key", unique=True),
     )
 
 
@@ -192,6 +200,49 @@ class Schedule(Base):
         Index("ix_schedules_next_fire_at", "next_fire_at", postgresql_where=text("NOT paused"),
               sqlite_where=text("NOT paused")),
         Index("ix_schedules_tenant_created_at", "tenant", "created_at"),
+    )
+
+
+class Workflow(Base):
+    """A workflow: tasks (jobs with ``workflow_id``) with dependencies and conditions. ``graph``
+    holds each task's place in it: ``{"tasks": [{"key", "depends_on", "run_if",
+    "allow_failure", "template"}]}`` in the order given (``template``: the payload as given when it
+    holds ``{{ … }}`` references, rendered into the task's job when it is released; else null).
+    ``status`` is RUNNING until every task has settled (common/core/workflow_release.py)."""
+
+    __tablename__ = "workflows"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    tenant: Mapped[str] = mapped_column(String(64), default=DEFAULT_TENANT)
+    name: Mapped[str] = mapped_column(String(200))
+    status: Mapped[str] = mapped_column(String(16), default="RUNNING")
+    failure_policy: Mapped[str] = mapped_column(String(16), default="fail_fast")
+    execute_at: Mapped[datetime] = mapped_column(Timestamp)
+    graph: Mapped[dict[str, Any]] = mapped_column(JSON)
+    meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, default=dict)
+    idempotency_key: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    request_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    #: The schedule this workflow is an occurrence of (its job template is a workflow).
+    schedule_id: Mapped[uuid.UUID | None] = mapped_column(
+        Uuid, ForeignKey("schedules.id", ondelete="SET NULL"), nullable=True
+    )
+    scheduled_for: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
+    runs: Mapped[int] = mapped_column(Integer, default=1)
+    created_at: Mapped[datetime] = mapped_column(Timestamp, default=_now)
+    updated_at: Mapped[datetime] = mapped_column(Timestamp, default=_now, onupdate=_now)
+    finished_at: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
+
+    __table_args__ = (
+        # Listing, newest first, per tenant.
+        Index("ix_workflows_tenant_created_at_id", "tenant", "created_at", "id"),
+        # The scanner's release sweep reads only unfinished workflows.
+        Index("ix_workflows_running", "updated_at", postgresql_where=text("status = 'RUNNING'"),
+              sqlite_where=text("status = 'RUNNING'")),
+        # Retention deletes finished workflows oldest first.
+        Index("ix_workflows_finished", "finished_at", postgresql_where=text("status <> 'RUNNING'"),
+              sqlite_where=text("status <> 'RUNNING'")),
+        UniqueConstraint("tenant", "idempotency_key", name="uq_workflows_tenant_idempotency_key"),
+        UniqueConstraint("schedule_id", "scheduled_for", name="uq_workflows_schedule_id_scheduled_for"),
     )
 
 

@@ -8,6 +8,9 @@ import enum
 
 
 class JobStatus(str, enum.Enum):
+    #: A workflow's task whose dependencies have not all settled: nothing dispatches it until
+    #: the last one does (common/core/workflow_release.py), which makes it SCHEDULED or SKIPPED.
+    WAITING = "WAITING"
     SCHEDULED = "SCHEDULED"
     QUEUED = "QUEUED"
     RUNNING = "RUNNING"
@@ -15,7 +18,8 @@ class JobStatus(str, enum.Enum):
     SUCCESS = "SUCCESS"
     FAILED = "FAILED"
     CANCELLED = "CANCELLED"
-    #: Not run, by a policy: an occurrence whose previous one was still running (overlap skip).
+    #: Not run, by a policy: an occurrence whose previous one was still running (overlap skip),
+    #: or a workflow's task whose run_if did not hold.
     SKIPPED = "SKIPPED"
 
     def __str__(self) -> str:
@@ -24,12 +28,13 @@ class JobStatus(str, enum.Enum):
 
 TERMINAL = frozenset({JobStatus.SUCCESS, JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.SKIPPED})
 #: A job in one of these has not started its current attempt, so it can still be cancelled.
-CANCELLABLE = frozenset({JobStatus.SCHEDULED, JobStatus.QUEUED, JobStatus.RETRYING})
+CANCELLABLE = frozenset({JobStatus.WAITING, JobStatus.SCHEDULED, JobStatus.QUEUED, JobStatus.RETRYING})
 #: Statuses an executor may report in an update message.
 REPORTABLE = frozenset({JobStatus.RUNNING, JobStatus.RETRYING, JobStatus.SUCCESS, JobStatus.FAILED})
 
 # Within one attempt a job goes RUNNING, then RETRYING or a terminal status.
 _PHASE = {
+    JobStatus.WAITING: 0,
     JobStatus.SCHEDULED: 0,
     JobStatus.QUEUED: 0,
     JobStatus.RUNNING: 1,

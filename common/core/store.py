@@ -21,6 +21,8 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session, aliased
 from sqlalchemy.types import BigInteger, DateTime, Float, Integer, String
 
+from common.core import workflow_release
+from common.infra import clock
 from common.infra.clock import ensure_aware
 from common.core.messages import DispatchMessage, UpdateMessage
 from common.core.models import DEFAULT_TENANT, AuditRecord, Job, JobAttempt
@@ -84,7 +86,7 @@ _CLAIM_COLUMNS = (
     Job.id, Job.tenant, Job.status, Job.dispatch_token, Job.name, Job.type, Job.payload, Job.execute_at,
     Job.next_attempt_at, Job.attempts, Job.max_retries, Job.timeout_seconds,
     Job.misfire_grace_seconds, Job.lost_attempts, Job.executor, Job.priority, Job.attempt_base,
-    Job.trace_context,
+    Job.trace_context, Job.workflow_id,
 )
 
 
@@ -94,6 +96,7 @@ def _claim_rows(session: Session, rows: Sequence[Row[Any]], now: datetime, lease
     one (its lease ran out mid-run) first has its attempt marked lost."""
     claimed = Claimed([], [])
     queued: list[dict[str, Any]] = []
+    settled: set[Any] = set()  # workflows of the tasks failed here
     for row in rows:
         lost = row.lost_attempts or 0
         if row.status == JobStatus.RUNNING.value and _mark_lost(session, row, now):
@@ -113,6 +116,7 @@ def _claim_rows(session: Session, rows: Sequence[Row[Any]], now: datetime, lease
                 .execution_options(synchronize_session=False)
             )
             claimed.exhausted.append(row.id)
+            settled.add(row.workflow_id)
             continue
         fire_at = _fire_at(row, now)  # type: ignore[arg-type]
         token = row.dispatch_token + 1
@@ -122,6 +126,7 @@ def _claim_rows(session: Session, rows: Sequence[Row[Any]], now: datetime, lease
         ))
         claimed.messages.append(_dispatch_message(row, fire_at, token=token, lost_attempts=lost))
     _write_rows(session, Job, queued)
+    workflow_release.after_settle(session, settled, now=now)
     return claimed
 
 
@@ -282,6 +287,8 @@ class ClaimedRow:
     max_retries: int
     #: Attempts of earlier runs (reruns): retries are counted from here.
     attempt_base: int = 0
+    #: A workflow's task: its end releases other tasks, so it is reported without delay.
+    in_workflow: bool = False
 
 
 #: The start claim's write on PostgreSQL: the attempts of one batch in one statement with a
@@ -300,7 +307,7 @@ _START_POSTGRESQL = text(
     " AND (jobs.overlap IS NULL OR NOT EXISTS (SELECT 1 FROM jobs AS other WHERE other.schedule_id = jobs.schedule_id"
     " AND other.id <> jobs.id AND other.status IN ('RUNNING', 'RETRYING')))"
     " RETURNING jobs.id, jobs.dispatch_token, jobs.attempts, jobs.type, jobs.payload, jobs.tenant,"
-    " jobs.timeout_seconds, jobs.max_retries, jobs.attempt_base"
+    " jobs.timeout_seconds, jobs.max_retries, jobs.attempt_base, jobs.workflow_id"
 ).bindparams(
     bindparam("ids", type_=ARRAY(String)),
     bindparam("tokens", type_=ARRAY(BigInteger)),
@@ -308,7 +315,7 @@ _START_POSTGRESQL = text(
     bindparam("starts", type_=ARRAY(DateTime(timezone=True))),
     bindparam("tenants", type_=ARRAY(String)),
 ).columns(id=Uuid, dispatch_token=BigInteger, attempts=Integer, type=String, payload=JSON, tenant=String,
-          timeout_seconds=Float, max_retries=Integer, attempt_base=Integer)
+          timeout_seconds=Float, max_retries=Integer, attempt_base=Integer, workflow_id=Uuid)
 
 
 def claim_starts(
@@ -359,12 +366,13 @@ def claim_starts(
                 updated_at=now,
             )
             .returning(Job.id, Job.dispatch_token, Job.attempts, Job.type, Job.payload, Job.tenant,
-                       Job.timeout_seconds, Job.max_retries, Job.attempt_base)
+                       Job.timeout_seconds, Job.max_retries, Job.attempt_base, Job.workflow_id)
             .execution_options(synchronize_session=False)
         ).all()
     claimed = {
-        (uuid.UUID(str(job_id)), token, attempt): ClaimedRow(job_type, payload or {}, tenant, timeout, retries, base)
-        for job_id, token, attempt, job_type, payload, tenant, timeout, retries, base in rows
+        (uuid.UUID(str(job_id)), token, attempt): ClaimedRow(job_type, payload or {}, tenant, timeout, retries, base,
+                                                             workflow_id is not None)
+        for job_id, token, attempt, job_type, payload, tenant, timeout, retries, base, workflow_id in rows
     }
     if len(claimed) < len(messages):
         started = {job_id for job_id, _, _ in claimed}
@@ -457,12 +465,14 @@ def extend_leases(session: Session, running: list[DispatchMessage], *, now: date
 
 def fail_unstarted(session: Session, message: DispatchMessage, *, error: str, now: datetime) -> bool:
     """Mark a dispatched job FAILED without starting it (misfire grace exceeded)."""
-    result = session.execute(
+    failed = session.execute(
         update(Job)
         .where(*_unstarted(message))
         .values(status=JobStatus.FAILED.value, error=error, finished_at=now, lease_until=None, updated_at=now)
-    )
-    return result.rowcount == 1
+        .returning(Job.workflow_id)
+    ).all()
+    workflow_release.after_settle(session, [row.workflow_id for row in failed], now=now)
+    return len(failed) == 1
 
 
 @dataclass(frozen=True)
@@ -476,12 +486,15 @@ def cancel(session: Session, job_id: uuid.UUID, *, now: datetime, tenant: str | 
     :func:`claim_start`: whichever commits first wins, and the answer says which. With
     ``tenant``, a job of another tenant is treated as no job (status None)."""
     scope = (Job.tenant == tenant,) if tenant is not None else ()
-    result = session.execute(
+    cancelled = session.execute(
         update(Job)
         .where(Job.id == job_id, Job.status.in_([s.value for s in CANCELLABLE]), *scope)
         .values(status=JobStatus.CANCELLED.value, finished_at=now, lease_until=None, updated_at=now)
-    )
-    if result.rowcount == 1:
+        .returning(Job.workflow_id)
+    ).all()
+    if cancelled:
+        # A task's dependents may run now (run_if failure or always) or be skipped.
+        workflow_release.after_settle(session, [cancelled[0].workflow_id], now=now)
         return CancelResult(True, JobStatus.CANCELLED.value)
     status = session.scalar(select(Job.status).where(Job.id == job_id, *scope))
     return CancelResult(False, status)
@@ -513,7 +526,7 @@ def apply_updates(session: Session, messages: list[UpdateMessage], *, lease: flo
     jobs = {
         row.id: _mutable(row)
         for row in session.execute(
-            select(Job.id, Job.dispatch_token, *(getattr(Job, name) for name in _MOVED_COLUMNS))
+            select(Job.id, Job.dispatch_token, Job.workflow_id, *(getattr(Job, name) for name in _MOVED_COLUMNS))
             .where(Job.id.in_(ids))
             .order_by(Job.id)
             .with_for_update()
@@ -523,13 +536,17 @@ def apply_updates(session: Session, messages: list[UpdateMessage], *, lease: flo
     jobs_before = {key: vars(job).copy() for key, job in jobs.items()}
     attempts_before = {key: vars(row).copy() for key, row in attempts.items()}
     moved = 0
+    settled: set[Any] = set()  # workflows of the tasks that ended here
     for message in messages:
         job = jobs.get(message.job_id)
         if job is None:
             log.warning("update for unknown job %s ignored", message.job_id)
             continue
         _record_attempt(attempts, message)
-        moved += _move_job(job, message, lease)
+        if _move_job(job, message, lease):
+            moved += 1
+            if job.workflow_id is not None and message.status in _TERMINAL:
+                settled.add(job.workflow_id)
     _write_rows(session, Job, [
         {name: getattr(job, name) for name in ("id", *_MOVED_COLUMNS)}
         for key, job in jobs.items() if vars(job) != jobs_before[key]
@@ -543,6 +560,7 @@ def apply_updates(session: Session, messages: list[UpdateMessage], *, lease: flo
     ]
     if new:
         session.execute(insert(JobAttempt), new)
+    workflow_release.after_settle(session, settled, now=clock.utcnow())
     return moved
 
 
@@ -639,12 +657,13 @@ _NEW_JOB_COLUMNS = tuple(
         "timeout_seconds", "misfire_grace_seconds", "attempts", "lost_attempts", "dispatch_token",
         "lease_until", "idempotency_key", "request_hash", "created_at", "updated_at",
         "schedule_id", "scheduled_for", "overlap", "attempt_base", "runs", "trace_context",
+        "workflow_id", "task_key",
     )
 )
 _NEW_JOB_NULLS = ("next_attempt_at", "started_at", "finished_at", "output", "error", "executor", "original_execute_at")
 #: Columns a new job may set (an occurrence of a schedule does; a traced create sets
-#: trace_context), null when it does not.
-_NEW_JOB_OPTIONAL = ("schedule_id", "scheduled_for", "overlap", "trace_context")
+#: trace_context; a workflow's task, its workflow and key), null when it does not.
+_NEW_JOB_OPTIONAL = ("schedule_id", "scheduled_for", "overlap", "trace_context", "workflow_id", "task_key")
 _INSERT_JOB = insert(Job.__table__)
 
 
@@ -654,7 +673,8 @@ def _complete(job: dict[str, Any], now: datetime) -> None:
     for optional in _NEW_JOB_OPTIONAL:
         job.setdefault(optional, None)
     job.update(
-        status=JobStatus.SCHEDULED.value, attempts=0, lost_attempts=0, dispatch_token=0, lease_until=None,
+        # A workflow's task with dependencies starts WAITING; every other job SCHEDULED.
+        status=job.get("status") or JobStatus.SCHEDULED.value, attempts=0, lost_attempts=0, dispatch_token=0, lease_until=None,
         attempt_base=0, runs=1, created_at=now, updated_at=now, **dict.fromkeys(_NEW_JOB_NULLS),
     )
 
@@ -764,7 +784,7 @@ _END_JOBS_POSTGRESQL = text(
     " next_attempt_at = CASE WHEN v.status = 'RETRYING' THEN v.next_at END,"
     " lease_until = CASE WHEN v.status = 'RETRYING' THEN COALESCE(v.next_at, v.finished) + :lease END"
     " FROM v WHERE jobs.id = v.id AND jobs.dispatch_token = v.token AND jobs.attempts = v.attempt"
-    " AND jobs.status = 'RUNNING' RETURNING jobs.id"
+    " AND jobs.status = 'RUNNING' RETURNING jobs.id, jobs.workflow_id, jobs.status"
 ).bindparams(*_END_BINDS)
 _END_ATTEMPTS_POSTGRESQL = text(
     _ENDS + "UPDATE job_attempts SET"
@@ -795,10 +815,16 @@ def end_attempts(session: Session, messages: list[UpdateMessage], *, lease: floa
     session.execute(
         select(Job.id).where(Job.id.in_(sorted({m.job_id for m in ends}))).order_by(Job.id).with_for_update()
     ).all()
-    moved = {uuid.UUID(str(row[0])) for row in session.execute(_END_JOBS_POSTGRESQL, params)}
+    ended = session.execute(_END_JOBS_POSTGRESQL, params).all()
+    moved = {uuid.UUID(str(row[0])) for row in ended}
     recorded = {uuid.UUID(str(row[0])) for row in session.execute(_END_ATTEMPTS_POSTGRESQL, params)}
     rest = [m for m in messages if m.status == JobStatus.RUNNING.value or m.job_id not in moved or m.job_id not in recorded]
-    return len(moved) + (apply_updates(session, rest, lease=lease) if rest else 0)
+    count = len(moved) + (apply_updates(session, rest, lease=lease) if rest else 0)
+    workflow_release.after_settle(
+        session, [row.workflow_id for row in ended if row.workflow_id is not None and row.status in _TERMINAL],
+        now=clock.utcnow(),
+    )
+    return count
 
 
 def prune_audit(session: Session, *, before: datetime, limit: int) -> int:
@@ -814,7 +840,8 @@ def prune_finished(session: Session, *, before: datetime, limit: int) -> int:
     Rows another transaction holds are skipped, not waited for."""
     oldest = (
         select(Job.id)
-        .where(Job.status.in_(_TERMINAL), Job.finished_at < before)
+        # A workflow's tasks go with their workflow (common.core.workflows.prune_finished).
+        .where(Job.status.in_(_TERMINAL), Job.finished_at < before, Job.workflow_id.is_(None))
         .order_by(Job.finished_at)
         .limit(limit)
         .with_for_update(skip_locked=True)

@@ -264,6 +264,10 @@ class Settings:
     audit_retention_days: float = _opt(
         "AUDIT_RETENTION_DAYS", 90.0, _positive(float), "Audit records older than this are deleted by the scanner."
     )
+    workflow_max_tasks: int = _opt(
+        "WORKFLOW_MAX_TASKS", 100, _positive(int),
+        "Most tasks one workflow may have (POST /api/workflows answers 422 beyond it).",
+    )
     events_retention_hours: float = _opt(
         "EVENTS_RETENTION_HOURS", 24.0, _positive(float),
         "Job state changes are kept this long for `GET /api/events` clients that resume with Last-Event-ID; "

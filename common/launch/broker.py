@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import socket
 import subprocess
 import time
@@ -17,9 +18,23 @@ from common.launch.process import terminate
 log = logging.getLogger(__name__)
 
 
+#: Where :func:`free_port` looks: below Linux's ephemeral range (32768-60999 by default), from
+#: which the kernel picks the local port of every outgoing connection. A port taken from that
+#: range (``bind(0)``) can be handed to some client's connection before the service that was
+#: to listen on it starts (seen: gunicorn's "Address already in use" in the e2e tests).
+PORTS = range(20000, 32000)
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket() as sock:
+    """A TCP port nobody listens on right now, outside the ephemeral range (:data:`PORTS`)."""
+    for port in random.sample(PORTS, 50):
+        with socket.socket() as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as sock:  # that crowded: any port the kernel gives
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
 

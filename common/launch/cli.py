@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     secrets.add_parser("rotate", help="re-encrypt every stored secret with the first key of CHRONOQ_SECRET_KEY")
     for name, (_module, help_text) in SERVICES.items():
         sub.add_parser(name, help=f"run {help_text}")
-    # The API's client commands (jobs, schedules): argument declarations only; the client
+    # The API's client commands (jobs, schedules, workflows): argument declarations only; the client
     # itself is imported when one of them runs.
     from chronoq.cli import add_parsers
 
@@ -68,7 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command in ("jobs", "schedules"):  # the client: no server settings needed or read
+    from chronoq.cli import COMMANDS
+
+    if args.command in COMMANDS:  # the client (jobs, schedules, workflows): no server settings read
         from chronoq.cli import run
 
         return run(args)

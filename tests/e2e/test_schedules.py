@@ -4,6 +4,8 @@ it without a burst; a slow job with overlap 'skip' never runs twice at once."""
 
 from __future__ import annotations
 
+import os
+
 import statistics
 import time
 from datetime import datetime, timedelta
@@ -19,8 +21,9 @@ from tests.receiver import Receiver
 
 pytestmark = pytest.mark.e2e
 
-#: How long the schedule runs before it is paused (the issue asks for a minute).
-RUN_SECONDS = 60.0
+#: How long the schedule runs before it is paused: 30 s in the suite (its time budget);
+#: SCHEDULE_RUN_SECONDS=60 for the minute the issue asked for.
+RUN_SECONDS = float(os.environ.get("SCHEDULE_RUN_SECONDS", "30"))
 
 
 def call(system: System, method: str, path: str, **kwargs: Any) -> Any:
@@ -62,7 +65,7 @@ def test_an_every_two_seconds_schedule_is_on_time_pauses_and_resumes_without_a_b
     paused_at = datetime.fromisoformat(paused["paused_at"])
     assert paused["paused"] and paused["next_fire_at"] is None
 
-    # On time for a minute: every occurrence due in it reached the receiver once, milliseconds late.
+    # On time for RUN_SECONDS: every occurrence due in it reached the receiver once, milliseconds late.
     jobs = {job["id"]: job for job in occurrences(system, sid)}
     calls = [c for c in receiver.snapshot() if c.path == "/tick"]
     assert not receiver.double_starts()

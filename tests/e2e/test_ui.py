@@ -2,9 +2,12 @@
 against chronoq running as processes with authentication on: sign in with a key, create jobs
 through the form, watch one fire and its attempts appear without a reload, cancel one, rerun a
 failed one, check that a viewer gets no action buttons and that a job name is shown as text,
-and visit the overview and schedules pages. Every page visited is saved as a screenshot under
-the test's temporary folder (the paths are printed); UPDATE_UI_SCREENSHOT=1 also copies the
-overview's to docs/ui-overview.png for the README."""
+and visit the overview and schedules pages; and the workflow pages: a diamond's task graph drawn
+as SVG and turning green live, a failed workflow with a failure handler and a skipped task rerun
+from its page, a viewer without buttons, the list (filters, paging, a name shown as text) and a
+cancel. Every page visited is saved as a screenshot under the test's temporary folder (the paths
+are printed); UPDATE_UI_SCREENSHOT=1 also copies the overview's and the diamond's to
+docs/ui-overview.png and docs/ui-workflow.png for the README."""
 
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ import os
 import re
 import shutil
 import time
+import uuid
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -344,3 +348,166 @@ def test_schedules_and_overview_pages(
     shot = board.shot("overview")
     if os.environ.get("UPDATE_UI_SCREENSHOT"):
         shutil.copyfile(shot, ROOT / "docs" / "ui-overview.png")
+
+
+# --- the workflow pages ---------------------------------------------------------------------
+
+WORKFLOW_TENANT = "ui-wf"
+
+
+@pytest.fixture(scope="module")
+def wf_keys(system: System) -> dict[str, dict[str, str]]:
+    """An Authorization header per role, of keys of the workflow pages' own tenant."""
+    return {role: key_headers(system.settings, WORKFLOW_TENANT, role) for role in ("viewer", "writer")}
+
+
+def make_workflow(system: System, headers: dict[str, str], name: str, tasks: list[dict[str, Any]],
+                  **fields: Any) -> dict[str, Any]:
+    body = {"name": name, "delay_seconds": 0, **fields, "tasks": tasks}
+    response = requests.post(f"{system.base_url}/api/workflows", json=body, headers=headers, timeout=10)
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+def node(page: Any, key: str, status: str | None = None) -> Any:
+    """The graph's box of task ``key`` (in ``status``, when given)."""
+    selector = f'#workflow-graph g.node[data-key="{key}"]'
+    return page.locator(selector + (f'[data-status="{status}"]' if status else ""))
+
+
+def wait_workflow(page: Any, status: str) -> None:
+    page.locator(f"#main[data-workflow-status={status}]").wait_for()
+
+
+def test_a_diamond_is_drawn_and_turns_green_live(
+        dashboard: Callable[..., Dashboard], system: System, wf_keys: dict[str, dict[str, str]]) -> None:
+    board = dashboard(wf_keys["writer"])
+    page = board.page
+    # ``a`` sleeps, so ``d`` is surely still WAITING when the page first shows the graph.
+    workflow = make_workflow(system, wf_keys["writer"], "diamond", [
+        {"key": "a", "type": "sleep", "payload": {"seconds": 1.5}},
+        {"key": "b", "type": "noop", "depends_on": ["a"]},
+        {"key": "c", "type": "sleep", "payload": {"seconds": 0.2}, "depends_on": ["a"]},
+        {"key": "d", "type": "noop", "depends_on": ["b", "c"]},
+    ], delay_seconds=1)
+    board.go(f"#/workflows/{workflow['id']}")
+    page.evaluate("() => { window.__notReloaded = true; }")
+    node(page, "d", "WAITING").wait_for()
+    assert page.locator("#workflow-graph g.node").count() == 4
+    edges = page.locator("#workflow-graph path.edge")
+    assert {(edges.nth(i).get_attribute("data-from"), edges.nth(i).get_attribute("data-to"))
+            for i in range(edges.count())} == {("a", "b"), ("a", "c"), ("b", "d"), ("c", "d")}
+    # Layers left to right by the longest path from the root.
+    x = {key: float(node(page, key).locator("rect").get_attribute("x")) for key in "abcd"}
+    assert x["a"] < x["b"] == x["c"] < x["d"], x
+    tasks = {task["key"]: task["id"] for task in workflow["tasks"]}
+    assert node(page, "b").locator("xpath=..").get_attribute("href") == f"#/jobs/{tasks['b']}"
+
+    # The event stream moves the boxes on, without a reload.
+    for key in "abcd":
+        node(page, key, "SUCCESS").wait_for()
+    wait_workflow(page, "SUCCESS")
+    assert page.evaluate("() => window.__notReloaded") is True
+    assert page.locator("#tasks tbody tr[data-status=SUCCESS]").count() == 4
+    assert "s-success" in node(page, "d").get_attribute("class")
+    shot = board.shot("workflow")
+    if os.environ.get("UPDATE_UI_SCREENSHOT"):
+        shutil.copyfile(shot, ROOT / "docs" / "ui-workflow.png")
+
+    # A task's box opens its job, whose page links back to the workflow.
+    node(page, "d").click()
+    page.wait_for_url(re.compile(rf".*#/jobs/{tasks['d']}$"))
+    page.click("#job-workflow a")
+    page.wait_for_url(re.compile(rf".*#/workflows/{workflow['id']}$"))
+    wait_workflow(page, "SUCCESS")
+
+
+def test_a_failed_workflow_shows_its_handler_and_skipped_task_and_is_rerun(
+        dashboard: Callable[..., Dashboard], system: System, wf_keys: dict[str, dict[str, str]]) -> None:
+    workflow = make_workflow(system, wf_keys["writer"], "breaks", [
+        {"key": "boom", "type": "fail", "payload": {"message": "it broke"}, "max_retries": 0},
+        {"key": "alert", "type": "noop", "depends_on": ["boom"], "run_if": "failure"},
+        {"key": "after", "type": "noop", "depends_on": ["boom"]},
+    ], failure_policy="continue")  # (fail_fast would cancel ``after`` rather than skip it)
+    board = dashboard(wf_keys["writer"])
+    page = board.page
+    board.go(f"#/workflows/{workflow['id']}")
+    wait_workflow(page, "FAILED")
+    for key, status in (("boom", "FAILED"), ("alert", "SUCCESS"), ("after", "SKIPPED")):
+        node(page, key, status).wait_for()
+    assert node(page, "alert").locator(".node-note").text_content() == "if failure"
+    assert node(page, "after").locator(".node-note").count() == 0
+    assert "it broke" in page.locator('#tasks tr[data-key="boom"] .task-error').inner_text()
+    assert page.locator("#cancel-workflow").count() == 0
+    board.shot("workflow-failed")
+
+    # Every value the page's status takes, however briefly (the rerun fails again at once).
+    page.evaluate("""() => {
+        window.__statuses = [];
+        const main = document.getElementById('main');
+        new MutationObserver(() => window.__statuses.push(main.dataset.workflowStatus))
+            .observe(main, {attributes: true, attributeFilter: ['data-workflow-status']});
+    }""")
+    page.click("#rerun-workflow")
+    page.locator("#workflow-runs", has_text="2").wait_for()
+    assert "RUNNING" in page.evaluate("() => window.__statuses")
+    wait_workflow(page, "FAILED")
+    node(page, "boom", "FAILED").wait_for()
+    assert node(page, "alert", "SUCCESS").count() == 1  # a success keeps its result
+    again = api(system, wf_keys["writer"], "GET", f"/api/workflows/{workflow['id']}")
+    assert again["runs"] == 2 and again["status"] == "FAILED"
+
+    viewer = dashboard(wf_keys["viewer"])
+    viewer.go(f"#/workflows/{workflow['id']}")
+    wait_workflow(viewer.page, "FAILED")
+    node(viewer.page, "boom", "FAILED").wait_for()
+    assert viewer.page.locator("#workflow-actions button").count() == 0
+    # The API refuses what the page does not offer.
+    refused = requests.post(f"{system.base_url}/api/workflows/{workflow['id']}/rerun", headers=wf_keys["viewer"],
+                            timeout=10)
+    assert refused.status_code == 403
+
+
+def test_the_list_filters_pages_shows_names_as_text_and_a_workflow_is_cancelled(
+        dashboard: Callable[..., Dashboard], system: System, wf_keys: dict[str, dict[str, str]]) -> None:
+    later = {"delay_seconds": 3600}
+    hostile = make_workflow(system, wf_keys["writer"], XSS_NAME, [{"key": "only", "type": "noop"}], **later)
+    paged = f"paged-{uuid.uuid4().hex[:6]}"
+    made = [make_workflow(system, wf_keys["writer"], paged, [{"key": "t", "type": "noop"}], **later)["id"]
+            for _ in range(26)]
+    board = dashboard(wf_keys["writer"])
+    page = board.page
+    board.go(f"#/workflows?name={requests.utils.quote(XSS_NAME)}")
+    row = page.locator(f'tr[data-workflow-id="{hostile["id"]}"]')
+    row.wait_for()
+    # The name is user input: shown as text, never as markup.
+    assert row.locator(".workflow-name").inner_text() == XSS_NAME
+    assert page.locator("#main img").count() == 0 and page.evaluate("() => window.__xss") is None
+    assert row.locator(".workflow-status").inner_text() == "RUNNING"
+    assert re.fullmatch(r"(WAITING|SCHEDULED) 1", row.locator(".task-counts").inner_text().strip())
+    board.shot("workflows-list")
+
+    # Paged newest first, filtered by name and status through the form.
+    board.go("#/workflows")
+    page.fill("#filters input[name=name]", paged)
+    page.select_option("#filters select[name=status]", "RUNNING")
+    page.click("#filters button[type=submit]")
+    page.wait_for_url(re.compile(rf".*#/workflows\?status=RUNNING&name={paged}$"))
+    page.locator("#page-info", has_text="page 1 · 25 workflows").wait_for()
+    assert page.locator("#workflows tbody tr").first.get_attribute("data-workflow-id") == made[-1]
+    page.click("#next-page")
+    page.locator("#page-info", has_text="page 2 · 1 workflows").wait_for()
+    assert page.locator("#workflows tbody tr").first.get_attribute("data-workflow-id") == made[0]
+    assert page.locator("#next-page").is_disabled()
+
+    # Cancelled from its page: then it may be rerun, and the list shows it CANCELLED.
+    board.go(f"#/workflows/{hostile['id']}")
+    wait_workflow(page, "RUNNING")
+    assert page.locator(".workflow-title").inner_text() == XSS_NAME
+    page.click("#cancel-workflow")
+    wait_workflow(page, "CANCELLED")
+    node(page, "only", "CANCELLED").wait_for()
+    assert page.locator("#cancel-workflow").count() == 0 and page.locator("#rerun-workflow").count() == 1
+    board.go(f"#/workflows?status=CANCELLED&name={requests.utils.quote(XSS_NAME)}")
+    page.locator(f'tr[data-workflow-id="{hostile["id"]}"][data-status=CANCELLED]').wait_for()
+    assert page.locator("#workflows tbody tr").count() == 1

@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 
 from chronoq import cli as client_cli
+from chronoq.client import Jobs
 from common.launch.cli import main
 from tests.integration import test_client
-from tests.helpers import wait_for
 from tests.integration.test_client import System, names, serve, set_status
 
 system = test_client.system  # the same module-scoped API fixture
@@ -94,11 +94,28 @@ def test_exit_codes_say_what_happened(capsys: pytest.CaptureFixture[str], system
     assert code == client_cli.EXIT_UNAVAILABLE and "127.0.0.1:1" in capsys.readouterr().err
 
 
-def test_wait_and_watch_end_with_the_job(capsys: pytest.CaptureFixture[str], system: System) -> None:
+def test_wait_and_watch_end_with_the_job(capsys: pytest.CaptureFixture[str], system: System,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
     job = run_json(capsys, system, "jobs", "create", "--name", "watched", "--type", "noop", "--in", "3600")
+    # watch reads the job, opens the stream, then reads the job again (a change made before the
+    # stream opened is not missed). The changes below are made after that second read, so that
+    # they can only arrive as events: made between the stream's opening and that read, watch
+    # would see FAILED in the read and end without a RUNNING line.
+    reads: list[str] = []
+    read_again = threading.Event()
+    get = Jobs.get
+
+    def counted(self: Jobs, job_id: str) -> Any:
+        found = get(self, job_id)
+        reads.append(job_id)
+        if len(reads) == 2:
+            read_again.set()
+        return found
+
+    monkeypatch.setattr(Jobs, "get", counted)
 
     def run_it() -> None:  # once watch follows the API's event stream
-        wait_for(lambda: system.open_streams() == 1, timeout=20, what="watch to open its stream")
+        assert read_again.wait(20), "watch did not read the job again once its stream was open"
         set_status(system.settings, job["id"], "RUNNING")
         set_status(system.settings, job["id"], "FAILED")
 

@@ -82,7 +82,7 @@ def system(pg_url: str, broker: LocalBroker) -> Iterator[System]:
         # none outlives the module.
         "events_keepalive_seconds": 0.5})
     with get_engine(settings).begin() as conn:
-        conn.execute(sa.text("TRUNCATE job_attempts, jobs, schedules, api_keys, tenants, audit_log"))
+        conn.execute(sa.text("TRUNCATE job_attempts, jobs, workflows, schedules, api_keys, tenants, audit_log"))
     ensure_topics(settings)
     app = create_app(settings)
     server, thread = serve(app)

@@ -12,6 +12,7 @@ import asyncio
 import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from typing import Any, Callable, Iterator
 
@@ -28,6 +29,9 @@ from tests.conftest import TEST_SETTINGS
 from common.infra.db import session_scope
 from common.infra.kafka import Producer
 from tests.integration.test_executor_service import Running, job_row, wait_for
+
+#: The thread counts of the executors this module's tests run on.
+WORKERS = (1, 3)
 
 #: How long a ``block`` handler holds its thread: long beside a thread's start-up, so the
 #: handlers that start together (one per free thread) are apart from the next ones.
@@ -107,20 +111,29 @@ def publish(settings: Settings, messages: list[DispatchMessage]) -> None:
 @pytest.fixture(scope="module")
 def start_executor(pg_url: str, broker: LocalBroker) -> Iterator[Callable[[int], tuple[Running, Settings]]]:
     """An executor with ``workers`` threads, on topics of its own, shared by this module's tests
-    (a group join costs seconds); each test's jobs and runs are its own."""
+    (a group join costs seconds: those of every thread count are started together, so that
+    their joins overlap); each test's jobs and runs are its own."""
     started: dict[int, tuple[Running, Settings]] = {}
 
+    def make(workers: int) -> tuple[Running, Settings]:
+        suffix = uuid.uuid4().hex[:8]
+        settings = load_settings(
+            {}, database_url=pg_url, **{**TEST_SETTINGS, "executor_workers": workers},
+            kafka_bootstrap=broker.bootstrap, topic_jobs=f"jobs-{suffix}", topic_updates=f"updates-{suffix}",
+            topic_dlq=f"dlq-{suffix}", group_prefix=f"test-{suffix}",
+            handlers=(f"block={__name__}:block", f"mark={__name__}:mark"),
+        )
+        ensure_topics(settings)
+        return Running(settings), settings
+
     def start(workers: int) -> tuple[Running, Settings]:
-        if workers not in started:
-            suffix = uuid.uuid4().hex[:8]
-            settings = load_settings(
-                {}, database_url=pg_url, **{**TEST_SETTINGS, "executor_workers": workers},
-                kafka_bootstrap=broker.bootstrap, topic_jobs=f"jobs-{suffix}", topic_updates=f"updates-{suffix}",
-                topic_dlq=f"dlq-{suffix}", group_prefix=f"test-{suffix}",
-                handlers=(f"block={__name__}:block", f"mark={__name__}:mark"),
-            )
-            ensure_topics(settings)
-            started[workers] = (Running(settings), settings)
+        assert workers in WORKERS, f"add {workers} to WORKERS"
+        if not started:
+            with ThreadPoolExecutor(len(WORKERS)) as pool:
+                made = {count: pool.submit(make, count) for count in WORKERS}
+            started.update((count, future.result()) for count, future in made.items() if future.exception() is None)
+            for future in made.values():
+                future.result()  # the first failure to start, if any (those started are stopped below)
         return started[workers]
 
     yield start

@@ -21,7 +21,9 @@ from common.infra.db import session_scope
 from common.infra.kafka import Producer
 from common.core.messages import DispatchMessage, UpdateMessage, decode_update, encode_dispatch
 from common.core.models import JobAttempt, Job
+from common.launch.broker import LocalBroker
 from executor_service.service import Executor
+from tests.conftest import with_own_topics
 
 log = logging.getLogger(__name__)
 
@@ -100,17 +102,24 @@ class Updates(Topic):
 
 
 class Running:
-    """An Executor running in a thread, stopped at the end of the test."""
+    """An Executor running in a thread, stopped at the end of the test (or module)."""
 
     def __init__(self, settings: Settings) -> None:
         self.stop_event = threading.Event()
         self.executor = Executor(settings, self.stop_event)
+        self.baseline = self.executor.counters.snapshot()
         self.thread = threading.Thread(target=self.executor.run, name="executor-under-test", daemon=True)
         self.thread.start()
         wait_for(self.executor.ready.is_set, JOIN_TIMEOUT, "the executor to join its group")
 
     def count(self, name: str) -> int:
-        return getattr(self.executor.counters.snapshot(), name)
+        """Counter ``name`` since the start, or since :meth:`mark`."""
+        return getattr(self.executor.counters.snapshot(), name) - getattr(self.baseline, name)
+
+    def mark(self) -> "Running":
+        """Count from now on: an executor shared by tests ran the jobs of those before."""
+        self.baseline = self.executor.counters.snapshot()
+        return self
 
     def stop(self) -> None:
         self.stop_event.set()
@@ -119,10 +128,22 @@ class Running:
 
 
 @pytest.fixture
-def executor(kafka_settings: Settings) -> Iterator[Running]:
-    running = Running(kafka_settings)
+def kafka_settings(settings: Settings, module_kafka_settings: Settings) -> Settings:
+    """This module's topics, on the database emptied for this test: one executor serves the
+    tests that do not stop it (a group join costs seconds), each keeps to jobs of its own."""
+    return module_kafka_settings
+
+
+@pytest.fixture(scope="module")
+def shared_executor(module_kafka_settings: Settings) -> Iterator[Running]:
+    running = Running(module_kafka_settings)
     yield running
     running.stop()
+
+
+@pytest.fixture
+def executor(kafka_settings: Settings, shared_executor: Running) -> Running:
+    return shared_executor.mark()
 
 
 @pytest.fixture
@@ -190,12 +211,14 @@ def test_failing_job_retries_three_times_then_fails(kafka_settings: Settings, ex
     assert gaps == pytest.approx([0.2, 0.4, 0.8], abs=0.002)
     assert seen[-1].error == "JobFailed: nope"
     dlq = Topic(kafka_settings, kafka_settings.topic_dlq)
-    try:
-        letters = wait_for(lambda: [json.loads(v) for v in dlq.read()], 30, "the dead letter")
+    try:  # the module's dead letter topic: this test's letter is its job's
+        (letter,) = wait_for(
+            lambda: [letter for letter in map(json.loads, dlq.read()) if letter["job_id"] == str(message.job_id)],
+            30, "the dead letter")
     finally:
         dlq.close()
-    assert letters[0]["reason"] == "retries exhausted" and letters[0]["job_id"] == str(message.job_id)
-    assert letters[0]["extra"]["attempt"] == 4
+    assert letter["reason"] == "retries exhausted"
+    assert letter["extra"]["attempt"] == 4
     assert job_row(kafka_settings, message.job_id).attempts == 4
 
 
@@ -232,11 +255,12 @@ def test_malformed_message_is_dead_lettered_and_the_partition_moves_on(
     kafka_settings: Settings, executor: Running, updates: Updates,
 ) -> None:
     message = create_dispatch(kafka_settings, execute_at=soon(0.5))
+    junk_key = f"junk-{uuid.uuid4().hex[:8]}"  # the topics are the module's: a key of this test's
     raw = KafkaProducer(bootstrap_servers=kafka_settings.kafka_bootstrap)
     try:
         # All on one partition, the bad ones first: the good one is processed only if they do
         # not block it.
-        raw.send(kafka_settings.topic_jobs, key=b"junk", value=b"not json {", partition=0)
+        raw.send(kafka_settings.topic_jobs, key=junk_key.encode(), value=b"not json {", partition=0)
         raw.send(kafka_settings.topic_jobs, key=message.key, value=b'{"v": 1, "job_id": "x"}', partition=0)
         raw.send(kafka_settings.topic_jobs, key=message.key, value=encode_dispatch(message), partition=0)
         raw.flush(10)
@@ -245,13 +269,16 @@ def test_malformed_message_is_dead_lettered_and_the_partition_moves_on(
     updates.wait_status(message.job_id, "SUCCESS")
     dlq = Topic(kafka_settings, kafka_settings.topic_dlq)
     try:
-        letters = wait_for(lambda: (lambda ls: ls if len(ls) >= 2 else None)([json.loads(v) for v in dlq.read()]),
-                           30, "two dead letters")
+        ours = {junk_key, str(message.job_id)}
+        letters = wait_for(
+            lambda: (lambda ls: ls if len(ls) >= 2 else None)(
+                [letter for letter in map(json.loads, dlq.read()) if letter["job_id"] in ours]),
+            30, "two dead letters")
     finally:
         dlq.close()
     junk, invalid = sorted(letters, key=lambda letter: letter["offset"])
     assert junk["reason"].startswith("not valid JSON") and junk["original"] == "not json {"
-    assert junk["job_id"] == "junk" and junk["source_topic"] == kafka_settings.topic_jobs and junk["partition"] == 0
+    assert junk["job_id"] == junk_key and junk["source_topic"] == kafka_settings.topic_jobs and junk["partition"] == 0
     assert invalid["reason"].startswith("invalid fields") and "job_id" in invalid["reason"]
     assert invalid["job_id"] == str(message.job_id)
 
@@ -275,21 +302,28 @@ def test_permanent_failures_and_misfires_do_not_retry(kafka_settings: Settings, 
     assert job.status == "FAILED" and job.attempts == 0 and job.error == failed.error
 
 
-def test_stop_hands_back_jobs_not_yet_fired(kafka_settings: Settings, updates: Updates,
-                                            publish: Callable[[DispatchMessage], None]) -> None:
-    running = Running(kafka_settings)
-    try:
-        later = create_dispatch(kafka_settings, execute_at=soon(3600))
-        busy = create_dispatch(kafka_settings, type="sleep", payload={"seconds": 1.0}, execute_at=soon(0.2))
-        publish(later)
-        publish(busy)
-        updates.wait_status(busy.job_id, "RUNNING")
-        assert job_row(kafka_settings, later.job_id).status == "QUEUED"
-    finally:
-        running.stop()
-    job = job_row(kafka_settings, later.job_id)
-    assert job.status == "SCHEDULED" and job.lease_until is None and job.attempts == 0
-    assert running.executor.scheduler.get_jobs() == []
-    # The running job was let finish before the executor returned.
-    assert [u.status for u in updates.wait_status(busy.job_id, "SUCCESS", timeout=30)] == ["RUNNING", "SUCCESS"]
-    assert updates.of(later.job_id) == []
+class TestOwnExecutor:
+    """Tests that stop their executor: each starts its own, on topics of its own."""
+
+    @pytest.fixture
+    def kafka_settings(self, settings: Settings, broker: LocalBroker) -> Settings:
+        return with_own_topics(settings, broker)
+
+    def test_stop_hands_back_jobs_not_yet_fired(self, kafka_settings: Settings, updates: Updates,
+                                                publish: Callable[[DispatchMessage], None]) -> None:
+        running = Running(kafka_settings)
+        try:
+            later = create_dispatch(kafka_settings, execute_at=soon(3600))
+            busy = create_dispatch(kafka_settings, type="sleep", payload={"seconds": 1.0}, execute_at=soon(0.2))
+            publish(later)
+            publish(busy)
+            updates.wait_status(busy.job_id, "RUNNING")
+            assert job_row(kafka_settings, later.job_id).status == "QUEUED"
+        finally:
+            running.stop()
+        job = job_row(kafka_settings, later.job_id)
+        assert job.status == "SCHEDULED" and job.lease_until is None and job.attempts == 0
+        assert running.executor.scheduler.get_jobs() == []
+        # The running job was let finish before the executor returned.
+        assert [u.status for u in updates.wait_status(busy.job_id, "SUCCESS", timeout=30)] == ["RUNNING", "SUCCESS"]
+        assert updates.of(later.job_id) == []

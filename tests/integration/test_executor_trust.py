@@ -73,23 +73,41 @@ class Receiver:
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_port}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        # A short poll: shutdown() waits for it, at the end of each test.
+        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
 
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
 
 
-@pytest.fixture
-def trust_settings(kafka_settings: Settings) -> Settings:
-    return replace(kafka_settings, secret_key=KEY, handlers=(f"capture={__name__}:capture",))
+def trusted(settings: Settings) -> Settings:
+    return replace(settings, secret_key=KEY, handlers=(f"capture={__name__}:capture",))
+
+
+def tenant_name(prefix: str) -> str:
+    """A tenant of this test's own: the shared executor caches the signing secrets of the
+    tenants it has seen for a minute, across tests (and the database is emptied between)."""
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
 @pytest.fixture
-def executor(trust_settings: Settings) -> Iterator[Running]:
-    running = Running(trust_settings)
+def trust_settings(settings: Settings, module_kafka_settings: Settings) -> Settings:
+    """This module's topics, on the database emptied for this test: one executor serves every
+    test (a group join costs seconds), each keeps to jobs and tenants of its own."""
+    return trusted(module_kafka_settings)
+
+
+@pytest.fixture(scope="module")
+def shared_executor(module_kafka_settings: Settings) -> Iterator[Running]:
+    running = Running(trusted(module_kafka_settings))
     yield running
     running.stop()
+
+
+@pytest.fixture
+def executor(trust_settings: Settings, shared_executor: Running) -> Running:
+    return shared_executor.mark()
 
 
 @pytest.fixture
@@ -151,7 +169,7 @@ def test_a_dispatch_altered_on_the_topic_runs_what_the_row_says(
 def test_a_dispatch_naming_another_tenant_than_its_jobs_is_not_claimed(
     trust_settings: Settings, executor: Running, updates: Updates, producer: Producer,
 ) -> None:
-    message = dispatch(trust_settings, tenant="acme", execute_at=soon(1.0))
+    message = dispatch(trust_settings, tenant=tenant_name("acme"), execute_at=soon(1.0))
     send(trust_settings, producer, replace(message, tenant="mallory"))
     wait_for(lambda: executor.count("skipped") == 1, 20, "the claim of the forged dispatch to fail")
     with session_scope(trust_settings) as session:
@@ -167,15 +185,16 @@ def test_secret_values_are_revealed_for_the_handler_only_and_deliveries_are_sign
     receivers: tuple[Receiver, Receiver],
 ) -> None:
     good, _ = receivers
+    acme = tenant_name("acme")
     keyring = secrets.Keyring.from_settings(trust_settings)
     with session_scope(trust_settings) as session:
-        ensure_tenant(session, "acme", keyring, now=utcnow())
+        ensure_tenant(session, acme, keyring, now=utcnow())
     headers = {"X-Api-Key": {"secret": CLEAR}, "Accept": "text/plain"}
     sealed = secrets.seal("http", {"url": f"{good.url}/hook", "headers": headers}, keyring)
     foreign = secrets.seal("http", {"url": f"{good.url}/never", "headers": headers}, secrets.Keyring([OTHER_KEY]))
     at = soon(1.5)
-    message = dispatch(trust_settings, type="http", payload=sealed, tenant="acme", execute_at=at)
-    unreadable = dispatch(trust_settings, type="http", payload=foreign, tenant="acme", execute_at=at)
+    message = dispatch(trust_settings, type="http", payload=sealed, tenant=acme, execute_at=at)
+    unreadable = dispatch(trust_settings, type="http", payload=foreign, tenant=acme, execute_at=at)
     for each in (message, unreadable):
         assert each.payload["headers"] == {"X-Api-Key": "***", "Accept": "text/plain"}
         send(trust_settings, producer, each)
@@ -183,7 +202,7 @@ def test_secret_values_are_revealed_for_the_handler_only_and_deliveries_are_sign
     (delivery,) = good.deliveries
     assert delivery.path == "/hook" and delivery.headers["X-Api-Key"] == CLEAR
     with session_scope(trust_settings) as session:
-        (secret,) = signing_secrets(session, {"acme"}, keyring)["acme"]
+        (secret,) = signing_secrets(session, {acme}, keyring)[acme]
     signing.verify(
         delivery.headers[signing.HEADER], secret, job_id=message.job_id, attempt=1, token=message.token,
         body=delivery.body, now=time.time(),
@@ -193,8 +212,11 @@ def test_secret_values_are_revealed_for_the_handler_only_and_deliveries_are_sign
     assert [(u.status, u.attempt) for u in failed] == [("RUNNING", 1), ("FAILED", 1)]
     assert "payload.headers.X-Api-Key" in (failed[-1].error or "") and CLEAR not in (failed[-1].error or "")
     jobs = Topic(trust_settings, trust_settings.topic_jobs)
+    ids = [str(each.job_id).encode() for each in (message, unreadable)]  # the module's topic: this test's records
     try:
-        raw = b"".join(wait_for(lambda: (lambda vs: vs if len(vs) >= 2 else None)(jobs.read()), 20, "the dispatches"))
+        raw = b"".join(wait_for(
+            lambda: (lambda vs: vs if len(vs) >= 2 else None)([v for v in jobs.read() if any(i in v for i in ids)]),
+            20, "the dispatches"))
     finally:
         jobs.close()
     assert b'"X-Api-Key":"***"' in raw and CLEAR.encode() not in raw and b"gAAAA" not in raw
@@ -204,29 +226,33 @@ def test_each_run_gets_the_signing_secrets_of_its_jobs_tenant(
     trust_settings: Settings, executor: Running, updates: Updates, producer: Producer,
 ) -> None:
     keyring = secrets.Keyring.from_settings(trust_settings)
-    with session_scope(trust_settings) as session:  # acme is rotating: two secrets; "default" has no row
-        ensure_tenant(session, "acme", keyring, now=utcnow())
-        session.execute(update(Tenant).where(Tenant.name == "acme").values(
+    # acme is rotating: two secrets; old has no row, as "default" had none for the jobs from
+    # before tenants (a name of this test's own: the executor has read "default" for others).
+    acme_name, old_name = tenant_name("acme"), tenant_name("old")
+    with session_scope(trust_settings) as session:
+        ensure_tenant(session, acme_name, keyring, now=utcnow())
+        session.execute(update(Tenant).where(Tenant.name == acme_name).values(
             previous_signing_secret=secrets.seal_text("whsec_previous", keyring),
         ))
+    loads = executor.executor.tenants.loads
     at = soon(2.0)
-    acme = dispatch(trust_settings, type="capture", payload={"n": 1}, tenant="acme", execute_at=at)
-    legacy = dispatch(trust_settings, type="capture", payload={"n": 2}, execute_at=at)
+    acme = dispatch(trust_settings, type="capture", payload={"n": 1}, tenant=acme_name, execute_at=at)
+    legacy = dispatch(trust_settings, type="capture", payload={"n": 2}, tenant=old_name, execute_at=at)
     for message in (acme, legacy):
         send(trust_settings, producer, message)
     for message in (acme, legacy):
         updates.wait_status(message.job_id, "SUCCESS")
     with session_scope(trust_settings) as session:
-        stored = signing_secrets(session, {"acme", "default"}, keyring)
-    assert len(stored["acme"]) == 2 and stored["acme"][1] == "whsec_previous"
-    assert len(stored["default"]) == 1  # created by the executor for the jobs from before tenants
-    for message, tenant, n in ((acme, "acme", 1), (legacy, "default", 2)):
+        stored = signing_secrets(session, {acme_name, old_name}, keyring)
+    assert len(stored[acme_name]) == 2 and stored[acme_name][1] == "whsec_previous"
+    assert len(stored[old_name]) == 1  # created by the executor, as for the jobs from before tenants
+    for message, tenant, n in ((acme, acme_name, 1), (legacy, old_name, 2)):
         payload, context = CAPTURED.pop(message.job_id)
         assert payload == {"n": n}
         assert (context.tenant, context.dispatch_token, context.signing_secrets) == (
             tenant, message.token, stored[tenant],
         )
-    assert executor.executor.tenants.loads == 1  # one batch, one read for both tenants
+    assert executor.executor.tenants.loads == loads + 1  # one batch, one read for both tenants
 
 
 @pytest.fixture

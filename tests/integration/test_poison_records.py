@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import threading
 import uuid
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
@@ -70,10 +70,13 @@ def end_offset(settings: Settings, topic: str) -> int:
         consumer.close()
 
 
-def letters(settings: Settings, expect: int) -> list[dict[str, Any]]:
+def letters(settings: Settings, source_topic: str, expect: int) -> list[dict[str, Any]]:
+    """The dead letters of records of ``source_topic`` (the module's two services share the
+    dead letter topic), once there are ``expect``, by offset."""
     found = wait_for(
         lambda: (lambda ls: ls if len(ls) >= expect else None)(
-            [json.loads(r.value) for r in read_topic(settings, settings.topic_dlq, timeout=2)]
+            [letter for letter in (json.loads(r.value) for r in read_topic(settings, settings.topic_dlq, timeout=2))
+             if letter["source_topic"] == source_topic]
         ),
         timeout=60, interval=0.5, what=f"{expect} dead letters",
     )
@@ -94,22 +97,31 @@ class InThread:
         assert not self.thread.is_alive(), "the service did not stop within 60s"
 
 
+@pytest.fixture(scope="module")
+def services(module_kafka_settings: Settings) -> Iterator[tuple[Executor, ResultWriter]]:
+    """An executor and a result writer on this module's topics, each for one test, started
+    together so that their group joins overlap (a join costs seconds)."""
+    stop = threading.Event()
+    executor, writer = Executor(module_kafka_settings, stop), ResultWriter(module_kafka_settings, stop)
+    started = [InThread(executor, stop), InThread(writer, stop)]
+    try:
+        wait_for(executor.ready.is_set, JOIN_TIMEOUT, what="the executor to join its group")
+        wait_for(writer.loop.assigned.is_set, JOIN_TIMEOUT, what="the result writer to join its group")
+        yield executor, writer
+    finally:
+        for running in started:
+            running.stop()
+
+
 @pytest.fixture
-def run_in_thread() -> Iterator[Callable[[Callable[[threading.Event], Any]], Any]]:
-    started: list[InThread] = []
-
-    def start(build: Callable[[threading.Event], Any]) -> Any:
-        stop = threading.Event()
-        service = build(stop)
-        started.append(InThread(service, stop))
-        return service
-
-    yield start
-    for running in started:
-        running.stop()
+def kafka_settings(settings: Settings, module_kafka_settings: Settings) -> Settings:
+    """This module's topics, on the database emptied for this test."""
+    return module_kafka_settings
 
 
-def test_executor_dead_letters_every_bad_record_and_moves_on(kafka_settings: Settings, run_in_thread) -> None:
+def test_executor_dead_letters_every_bad_record_and_moves_on(
+    kafka_settings: Settings, services: tuple[Executor, ResultWriter], monkeypatch: pytest.MonkeyPatch,
+) -> None:
     settings = kafka_settings
     poison = add_job(settings, due_in=1.0, name="poison")
     good = add_job(settings, due_in=1.0, name="good")
@@ -117,7 +129,7 @@ def test_executor_dead_letters_every_bad_record_and_moves_on(kafka_settings: Set
         claimed = {m.job_id: m for m in store.claim_ids(session, [poison, good], now=utcnow(), lease=60).messages}
     tries: list[uuid.UUID] = []
 
-    executor: Executor = run_in_thread(lambda stop: Executor(settings, stop))
+    executor = services[0]
     schedule_many = executor.schedule_many
 
     def schedule_or_throw(messages: list[Any]) -> bool:
@@ -127,8 +139,7 @@ def test_executor_dead_letters_every_bad_record_and_moves_on(kafka_settings: Set
             raise RuntimeError("handler bug triggered by this job")
         return schedule_many(messages)
 
-    executor.schedule_many = schedule_or_throw  # type: ignore[method-assign]
-    wait_for(executor.ready.is_set, JOIN_TIMEOUT, what="the executor to join its group")
+    monkeypatch.setattr(executor, "schedule_many", schedule_or_throw)
 
     bad = bad_records(encode_dispatch(claimed[good]), settings.max_message_bytes)
     records = [(str(good).encode(), value) for value in bad.values()]
@@ -137,13 +148,12 @@ def test_executor_dead_letters_every_bad_record_and_moves_on(kafka_settings: Set
     send_raw(settings, settings.topic_jobs, records)
 
     wait_for(lambda: get_job(settings, good).status == "SUCCESS", timeout=60, what="the good job to run")
-    found = letters(settings, len(bad) + 1)
+    found = letters(settings, settings.topic_jobs, len(bad) + 1)
     by_offset = {letter["offset"] - first: letter for letter in found}
     names = list(bad) + ["handler throws"]
     for index, name in enumerate(names):
         assert index in by_offset, f"no dead letter for the {name!r} record"
         assert by_offset[index]["reason"], name
-        assert by_offset[index]["source_topic"] == settings.topic_jobs
     assert by_offset[len(bad)]["reason"].startswith(f"handler failed {POISON_TRIES} times: RuntimeError")
     assert by_offset[len(bad)]["job_id"] == str(poison)
     # Tried in its batch once, then alone a bounded number of times; never again after that.
@@ -167,7 +177,7 @@ def refusing_database(kafka_settings: Settings) -> Iterator[None]:
 
 
 def test_result_writer_dead_letters_every_bad_record_and_moves_on(
-    kafka_settings: Settings, run_in_thread, refusing_database: None,
+    kafka_settings: Settings, services: tuple[Executor, ResultWriter], refusing_database: None,
 ) -> None:
     settings = kafka_settings
     job_id = add_job(settings, due_in=0)
@@ -179,8 +189,7 @@ def test_result_writer_dead_letters_every_bad_record_and_moves_on(
     # A valid message the database refuses (a constraint an operator added, say).
     refused = UpdateMessage(job_id=job_id, token=message.token, status="FAILED", attempt=1, at=now,
                             executor="refused-executor", started_at=now, finished_at=now, error="boom")
-    writer: ResultWriter = run_in_thread(lambda stop: ResultWriter(settings, stop))
-    wait_for(writer.loop.assigned.is_set, JOIN_TIMEOUT, what="the result writer to join its group")
+    writer = services[1]
 
     bad = bad_records(encode_update(running), settings.max_message_bytes)
     key = str(job_id).encode()
@@ -189,7 +198,7 @@ def test_result_writer_dead_letters_every_bad_record_and_moves_on(
     send_raw(settings, settings.topic_updates, records)
 
     wait_for(lambda: get_job(settings, job_id).status == "RUNNING", timeout=60, what="the good update")
-    found = letters(settings, len(bad) + 1)
+    found = letters(settings, settings.topic_updates, len(bad) + 1)
     by_offset = {letter["offset"] - first: letter for letter in found}
     for index, name in enumerate(list(bad) + ["refused by the database"]):
         assert index in by_offset, f"no dead letter for the {name!r} record"

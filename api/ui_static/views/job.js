@@ -34,7 +34,9 @@ export function jobView({me, main}, jobId) {
   }
 
   function render(job, attempts) {
-    fill(head, h("h1", {}, h("span", {class: "job-title"}, job.name), " ", badge(job.status)));
+    fill(head, h("h1", {}, h("span", {class: "job-title"}, job.name), " ", badge(job.status)),
+      job.workflow_id ? h("p", {id: "job-workflow"}, h("a", {href: `#/workflows/${encodeURIComponent(job.workflow_id)}`},
+        `task ${job.task_key} of its workflow`)) : null);
     main.dataset.jobStatus = job.status;
     fill(actions, buttons(job));
     fill(fields, fieldTable([

@@ -4,7 +4,7 @@ import {api} from "../api.js";
 import {badge, fill, h, when} from "../dom.js";
 import {subscribe, throttle} from "../live.js";
 
-export const STATUSES = ["SCHEDULED", "QUEUED", "RUNNING", "RETRYING", "SUCCESS", "FAILED", "CANCELLED", "SKIPPED"];
+export const STATUSES = ["WAITING", "SCHEDULED", "QUEUED", "RUNNING", "RETRYING", "SUCCESS", "FAILED", "CANCELLED", "SKIPPED"];
 const TYPES = ["noop", "http", "fail", "sleep", "shell"];
 
 /** A datetime-local value (the browser's zone) as ISO 8601 in UTC, or undefined. */

@@ -35,9 +35,12 @@ export function scheduleView({me, main}, scheduleId) {
         ["starts / ends", `${when(schedule.start_at)} / ${when(schedule.end_at)}`],
         ["policies", `catch-up ${schedule.catchup_policy} · overlap ${schedule.overlap_policy} · DST gap ${schedule.dst_policy?.gap}, fold ${schedule.dst_policy?.fold} · jitter ${schedule.jitter_seconds} s`],
         ["last occurrence", schedule.last_occurrence ? [badge(schedule.last_occurrence.status), " ",
-          h("a", {href: `#/jobs/${schedule.last_occurrence.id}`}, when(schedule.last_occurrence.scheduled_for))] : null],
-        ["occurrences", h("a", {href: `#/jobs?schedule_id=${encodeURIComponent(schedule.id)}`, id: "occurrences"}, "list its jobs")],
-        ["job", pretty(schedule.job)],
+          h("a", {href: schedule.last_occurrence.kind === "workflow" ? `#/workflows/${schedule.last_occurrence.id}`
+            : `#/jobs/${schedule.last_occurrence.id}`}, when(schedule.last_occurrence.scheduled_for))] : null],
+        ["occurrences", schedule.workflow
+          ? h("a", {href: `#/workflows?schedule_id=${encodeURIComponent(schedule.id)}`, id: "occurrences"}, "list its workflows")
+          : h("a", {href: `#/jobs?schedule_id=${encodeURIComponent(schedule.id)}`, id: "occurrences"}, "list its jobs")],
+        schedule.workflow ? ["workflow", pretty(schedule.workflow)] : ["job", pretty(schedule.job)],
       ]),
       h("h2", {}, "On time"),
       h("p", {id: "on-time"}, onTime(schedule.on_time)),
