@@ -30,6 +30,9 @@ TEST_SETTINGS = dict(
     retry_jitter=0.0,
     lease_seconds=10.0,
     scan_interval_seconds=2.0,
+    # The suite's broker is on this machine and answers in milliseconds; tests of an unreachable
+    # one (127.0.0.1:1) then wait a second for it, not three.
+    kafka_connect_timeout_ms=1000,
     # The suite's own receivers listen on this machine: opened here, not by a weaker default.
     http_allow_private=("127.0.0.1/32", "::1/128"),
     # Tests of everything but security call the API without credentials; tests/*/test_auth*.py,

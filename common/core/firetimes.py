@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import heapq
 from collections import deque
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -29,6 +30,9 @@ UTC = timezone.utc
 #: How far ahead a schedule may look for its next fire time before it counts as empty (a cron
 #: that names 30 February, or an end before the first match).
 HORIZON = timedelta(days=366 * 5)
+#: How far back in local time a walk starts when the UTC offset changed just before its start:
+#: longer than any fold (the clocks go back at most an hour; two hours once, in wartime Europe).
+LOOKBACK = timedelta(hours=3)
 
 
 class DstGap(str, enum.Enum):
@@ -185,17 +189,29 @@ def _nominal(timing: Timing, tz: ZoneInfo, after: datetime) -> Iterator[tuple[da
             n += 1
     assert timing.cron is not None
     six = len(timing.cron.split()) == 6
-    # Start a little before ``after`` in local time: a fold or gap around it must not be lost.
-    local_start = (after.astimezone(tz) - timedelta(hours=3)).replace(tzinfo=None)
-    walk = croniter(timing.cron, local_start, second_at_beginning=six)
+    # A local time before ``after``'s runs after it only across a daylight-saving change near
+    # it (a fold repeats up to an hour; a time in a gap runs at its end): start the walk three
+    # hours back when the offset changes around ``after``, else a second back (a per-second cron
+    # would otherwise walk 10,800 times for nothing on every call).
+    local_after = after.astimezone(tz)
+    near = {(after + k * LOOKBACK).astimezone(tz).utcoffset() for k in (-1, 1)}
+    back = LOOKBACK if near != {local_after.utcoffset()} else timedelta(seconds=1)
+    walk = croniter(timing.cron, (local_after - back).replace(tzinfo=None), second_at_beginning=six)
     horizon = after + HORIZON
     seen: set[datetime] = set()
+    # Local times come in wall-clock order, which in a fold is not the instants' order (with
+    # dst_fold "twice", 02:10 of the second pass runs after 02:50 of the first): instants wait
+    # here until no later local time can run before them.
+    pending: list[tuple[datetime, str | None]] = []
     skipped: str | None = None  # a time the gap policy skipped, told with the next fire time
     while True:
         try:
             local = walk.get_next(datetime)
         except CroniterBadDateError:
-            return
+            break
+        floor = local.replace(tzinfo=UTC) - _largest_offset(local, tz)
+        while pending and pending[0][0] <= floor:
+            yield heapq.heappop(pending)
         placed = place(local, tz, timing.dst_gap, timing.dst_fold)
         if not placed and local.replace(tzinfo=tz).astimezone(UTC) > after:
             skipped = f"{local:%Y-%m-%d %H:%M:%S} does not exist in {tz.key} (DST): skipped"
@@ -204,9 +220,18 @@ def _nominal(timing: Timing, tz: ZoneInfo, after: datetime) -> Iterator[tuple[da
                 seen.add(instant)
                 if skipped:
                     note, skipped = (f"{skipped}; {note}" if note else skipped), None
-                yield instant, note
+                heapq.heappush(pending, (instant, note))
         if local.replace(tzinfo=tz).astimezone(UTC) > horizon:
-            return
+            break
+    while pending:
+        yield heapq.heappop(pending)
+
+
+def _largest_offset(local: datetime, tz: ZoneInfo) -> timedelta:
+    """The largest UTC offset ``tz`` has within three hours of the naive local time ``local``:
+    a local time at or after ``local`` runs no earlier than ``local`` less it (changes are
+    months apart and move the clocks by at most two hours)."""
+    return max((local + k * LOOKBACK).replace(tzinfo=tz).utcoffset() or timedelta(0) for k in (-1, 0, 1))
 
 
 def next_fire(timing: Timing, after: datetime) -> FireTime | None:

@@ -124,6 +124,11 @@ class Settings:
         "A consumer that has not completed its group join for this long (keep it a few session "
         "timeouts) logs an error, reports itself unhealthy and rejoins as a fresh member.",
     )
+    kafka_connect_timeout_ms: int = _opt(
+        "KAFKA_CONNECT_TIMEOUT_MS", 3000, _positive(int),
+        "How long reaching Kafka may take before it counts as down: the API and scanner then leave "
+        "jobs in the database for the next pass rather than hold a request.",
+    )
     kafka_session_timeout_ms: int = _opt(
         "KAFKA_SESSION_TIMEOUT_MS", 10000, _positive(int), "Consumer-group session timeout."
     )

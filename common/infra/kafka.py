@@ -192,7 +192,7 @@ class Producer:
                         max_block_ms=5000,
                         # Fail fast when the broker is down: callers fall back (the job stays
                         # in the database for the scanner) rather than hold a request for 30 s.
-                        bootstrap_timeout_ms=3000,
+                        bootstrap_timeout_ms=self._settings.kafka_connect_timeout_ms,
                         request_timeout_ms=10000,
                         delivery_timeout_ms=20000,
                         max_request_size=max(self._settings.max_message_bytes * 2, 1_048_576),
@@ -330,9 +330,11 @@ def make_consumer(settings: Settings, topic: str, group_id: str, client_id: str 
         raise BrokerUnavailable(f"cannot reach Kafka at {settings.kafka_bootstrap}: {exc}") from exc
 
 
-def topic_size(settings: Settings, topic: str, timeout_ms: int = 3000) -> int:
+def topic_size(settings: Settings, topic: str, timeout_ms: int | None = None) -> int:
     """How many messages ``topic`` holds now: end offsets minus beginning offsets, summed over
-    its partitions (0 for a topic that does not exist yet). Reads offsets only, joins no group."""
+    its partitions (0 for a topic that does not exist yet). Reads offsets only, joins no group.
+    ``timeout_ms``: for reaching the broker (default CHRONOQ_KAFKA_CONNECT_TIMEOUT_MS)."""
+    timeout_ms = timeout_ms if timeout_ms is not None else settings.kafka_connect_timeout_ms
     try:
         consumer = KafkaConsumer(bootstrap_servers=_servers(settings), client_id="chronoq-offsets", group_id=None,
                                  enable_auto_commit=False, bootstrap_timeout_ms=timeout_ms,
@@ -358,7 +360,8 @@ def ensure_topics(settings: Settings) -> None:
     security = security_options(settings)
     try:
         admin = KafkaAdminClient(
-            bootstrap_servers=_servers(settings), client_id="chronoq-admin", bootstrap_timeout_ms=3000, **security
+            bootstrap_servers=_servers(settings), client_id="chronoq-admin",
+            bootstrap_timeout_ms=settings.kafka_connect_timeout_ms, **security
         )
     except KafkaError as exc:
         raise BrokerUnavailable(f"cannot reach Kafka at {settings.kafka_bootstrap}: {exc}") from exc

@@ -104,6 +104,27 @@ def test_an_hourly_schedule_through_the_fold() -> None:
     assert [f.at.hour for f in fire_times(twice, start, limit=4)] == [5, 6, 7, 8]  # 01:00 EDT and 01:00 EST
 
 
+@pytest.mark.parametrize("fold", list(DstFold))
+@pytest.mark.parametrize("gap", list(DstGap))
+@pytest.mark.parametrize("tz, spring, autumn", ZONES + [("Australia/Lord_Howe", "2026-10-04", "2026-04-05")])
+@pytest.mark.parametrize("cron", ["*/7 * * * *", "30 2 * * *", "15 1 * * *", "10 */4 * * * *"])
+def test_asking_from_any_instant_near_a_change_gives_the_rest_of_one_walk(
+        cron: str, tz: str, spring: str, autumn: str, gap: DstGap, fold: DstFold) -> None:
+    """Where a walk starts depends on the offset just before ``after`` (a fold or a shifted gap
+    time may lie before it in local time): from every instant around both changes, the next
+    fire times are those of one walk begun a day earlier."""
+    timing = Timing(cron=cron, timezone=tz, dst_gap=gap, dst_fold=fold)
+    for day in (spring, autumn):
+        start = datetime.fromisoformat(day).replace(tzinfo=zone(tz)).astimezone(UTC) - timedelta(hours=12)
+        until = start + timedelta(hours=32)
+        walk = [f.at for f in fire_times(timing, start, limit=20_000, until=until)]
+        assert all(a < b for a, b in zip(walk, walk[1:])), "fire times out of order"
+        for minutes in range(0, 24 * 60, 11):  # UTC steps: both passes of a fold are asked from
+            after = start + timedelta(hours=6, minutes=minutes, seconds=minutes % 5)
+            expected = [t for t in walk if t > after][:3]
+            assert [f.at for f in fire_times(timing, after, limit=3, until=until)] == expected, (day, after)
+
+
 # --- cron and intervals ----------------------------------------------------------------------
 
 
