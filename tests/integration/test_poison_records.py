@@ -41,13 +41,15 @@ def bad_records(valid: bytes, max_bytes: int) -> dict[str, bytes | None]:
     }
 
 
-def send_raw(settings: Settings, topic: str, records: list[tuple[bytes, bytes | None]]) -> None:
-    """Publish on partition 0, in order, with a client that lets anything through."""
+def send_raw(settings: Settings, topic: str, records: list[tuple[bytes, bytes | None]]) -> list[int]:
+    """Publish on partition 0, in order, with a client that lets anything through; the records'
+    offsets (as the broker gave them: another client may write to the partition meanwhile, as a
+    clean-clone run once saw)."""
     producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, max_request_size=8 * 1024 * 1024)
     try:
-        for key, value in records:
-            producer.send(topic, key=key, value=value, partition=0)
+        sent = [producer.send(topic, key=key, value=value, partition=0) for key, value in records]
         producer.flush(30)
+        return [future.get(timeout=30).offset for future in sent]
     finally:
         producer.close()
 
@@ -61,26 +63,15 @@ def committed_past(settings: Settings, group: str, topic: str, offset: int) -> b
         consumer.close(autocommit=False)
 
 
-def end_offset(settings: Settings, topic: str) -> int:
-    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap)
-    try:
-        tp = TopicPartition(topic, 0)
-        return consumer.end_offsets([tp])[tp]
-    finally:
-        consumer.close()
-
-
-def letters(settings: Settings, source_topic: str, expect: int) -> list[dict[str, Any]]:
+def letters(settings: Settings, source_topic: str, offsets: list[int]) -> dict[int, dict[str, Any]]:
     """The dead letters of records of ``source_topic`` (the module's two services share the
-    dead letter topic), once there are ``expect``, by offset."""
-    found = wait_for(
-        lambda: (lambda ls: ls if len(ls) >= expect else None)(
-            [letter for letter in (json.loads(r.value) for r in read_topic(settings, settings.topic_dlq, timeout=2))
-             if letter["source_topic"] == source_topic]
-        ),
-        timeout=60, interval=0.5, what=f"{expect} dead letters",
-    )
-    return sorted(found, key=lambda letter: letter["offset"])
+    dead letter topic) by offset, once there is one for each of ``offsets``."""
+    def found() -> dict[int, dict[str, Any]] | None:
+        read = (json.loads(r.value) for r in read_topic(settings, settings.topic_dlq, timeout=2))
+        by_offset = {letter["offset"]: letter for letter in read if letter["source_topic"] == source_topic}
+        return by_offset if set(offsets) <= set(by_offset) else None
+
+    return wait_for(found, timeout=60, interval=0.5, what=f"dead letters for offsets {offsets}")
 
 
 class InThread:
@@ -144,24 +135,22 @@ def test_executor_dead_letters_every_bad_record_and_moves_on(
     bad = bad_records(encode_dispatch(claimed[good]), settings.max_message_bytes)
     records = [(str(good).encode(), value) for value in bad.values()]
     records += [(str(poison).encode(), encode_dispatch(claimed[poison])), (str(good).encode(), encode_dispatch(claimed[good]))]
-    first = end_offset(settings, settings.topic_jobs)
-    send_raw(settings, settings.topic_jobs, records)
+    offsets = send_raw(settings, settings.topic_jobs, records)
 
     wait_for(lambda: get_job(settings, good).status == "SUCCESS", timeout=60, what="the good job to run")
-    found = letters(settings, settings.topic_jobs, len(bad) + 1)
-    by_offset = {letter["offset"] - first: letter for letter in found}
     names = list(bad) + ["handler throws"]
-    for index, name in enumerate(names):
-        assert index in by_offset, f"no dead letter for the {name!r} record"
-        assert by_offset[index]["reason"], name
-    assert by_offset[len(bad)]["reason"].startswith(f"handler failed {POISON_TRIES} times: RuntimeError")
-    assert by_offset[len(bad)]["job_id"] == str(poison)
+    by_offset = letters(settings, settings.topic_jobs, offsets[:len(names)])
+    by_name = {name: by_offset[offset] for name, offset in zip(names, offsets)}
+    assert all(letter["reason"] for letter in by_name.values())
+    assert offsets[-1] not in by_offset  # the good record behind them all was run, not dead-lettered
+    assert by_name["handler throws"]["reason"].startswith(f"handler failed {POISON_TRIES} times: RuntimeError")
+    assert by_name["handler throws"]["job_id"] == str(poison)
     # Tried in its batch once, then alone a bounded number of times; never again after that.
     assert len(tries) == 1 + POISON_TRIES
-    wait_for(lambda: committed_past(settings, settings.executor_group, settings.topic_jobs, first + len(records) - 1),
+    wait_for(lambda: committed_past(settings, settings.executor_group, settings.topic_jobs, offsets[-1]),
              timeout=30, what="the executors' group to commit past every record")
     assert executor.consumer.health.dead_lettered == len(bad) + 1
-    print("\nexecutor dead letters: " + "; ".join(f"{n}: {by_offset[i]['reason'][:70]}" for i, n in enumerate(names)))
+    print("\nexecutor dead letters: " + "; ".join(f"{n}: {letter['reason'][:70]}" for n, letter in by_name.items()))
 
 
 @pytest.fixture
@@ -194,17 +183,17 @@ def test_result_writer_dead_letters_every_bad_record_and_moves_on(
     bad = bad_records(encode_update(running), settings.max_message_bytes)
     key = str(job_id).encode()
     records = [(key, value) for value in bad.values()] + [(key, encode_update(refused)), (key, encode_update(running))]
-    first = end_offset(settings, settings.topic_updates)
-    send_raw(settings, settings.topic_updates, records)
+    offsets = send_raw(settings, settings.topic_updates, records)
 
     wait_for(lambda: get_job(settings, job_id).status == "RUNNING", timeout=60, what="the good update")
-    found = letters(settings, settings.topic_updates, len(bad) + 1)
-    by_offset = {letter["offset"] - first: letter for letter in found}
-    for index, name in enumerate(list(bad) + ["refused by the database"]):
-        assert index in by_offset, f"no dead letter for the {name!r} record"
-    assert by_offset[len(bad)]["reason"].startswith(f"handler failed {POISON_TRIES} times")
-    assert "test_refused" in by_offset[len(bad)]["reason"]
-    wait_for(lambda: committed_past(settings, settings.results_group, settings.topic_updates, first + len(records) - 1),
+    names = list(bad) + ["refused by the database"]
+    by_offset = letters(settings, settings.topic_updates, offsets[:len(names)])
+    by_name = {name: by_offset[offset] for name, offset in zip(names, offsets)}
+    assert all(letter["reason"] for letter in by_name.values())
+    assert offsets[-1] not in by_offset  # the good update behind them all was applied
+    assert by_name["refused by the database"]["reason"].startswith(f"handler failed {POISON_TRIES} times")
+    assert "test_refused" in by_name["refused by the database"]["reason"]
+    wait_for(lambda: committed_past(settings, settings.results_group, settings.topic_updates, offsets[-1]),
              timeout=30, what="the result writers' group to commit past every record")
     job = get_job(settings, job_id)
     assert job.status == "RUNNING" and job.error is None  # the refused FAILED changed nothing

@@ -20,7 +20,7 @@ from common.infra.config import Settings, load_settings
 from common.infra.errors import JobTimeout, JobTypeError
 from executor_service.context import HandlerContext, PermanentFailure
 from executor_service.deadline import Threads, call_handler
-from executor_service.handlers import builtin, http, resolve, shell
+from executor_service.handlers import NATIVE_TIMEOUT, builtin, http, resolve, shell
 from executor_service.outcomes import safe_output
 
 #: What a timed-out handler may take beyond its timeout before it is abandoned: generous for a
@@ -49,15 +49,16 @@ def run(job_type: str, payload: dict[str, Any], settings: Settings, timeout: flo
     handler = resolve(job_type, settings)
     context = make_context(settings, timeout)
     loaded = load_payload(job_type, payload)
-    return run_handler(handler, loaded, context)
+    return run_handler(handler, loaded, context, native=job_type in NATIVE_TIMEOUT)
 
 
-def run_handler(handler: Any, payload: dict[str, Any], context: HandlerContext) -> Any:
-    """On an event loop of its own, with a connection pool, as the executor runs it."""
+def run_handler(handler: Any, payload: dict[str, Any], context: HandlerContext, native: bool = False) -> Any:
+    """On an event loop of its own, with a connection pool, as the executor runs it (a type that
+    enforces its own deadline, ``native``, is not raced against another timer)."""
     async def go() -> Any:
         context.http = http.Pool(4)
         try:
-            return await call_handler(handler, payload, context, Threads(2))
+            return await call_handler(handler, payload, context, Threads(2), native=native)
         finally:
             await context.http.close()
 
