@@ -2,6 +2,7 @@
 
 import {api} from "../api.js";
 import {badge, fill, h, when} from "../dom.js";
+import {pagedList} from "../paging.js";
 import {subscribe, throttle} from "../live.js";
 
 export const STATUSES = ["WAITING", "SCHEDULED", "QUEUED", "RUNNING", "RETRYING", "SUCCESS", "FAILED", "CANCELLED", "SKIPPED"];
@@ -32,37 +33,7 @@ export function jobsView({me, main, params}) {
     execute_after: params.get("execute_after") || "",
     execute_before: params.get("execute_before") || "",
   };
-  const cursors = [];  // the cursors of the pages before this one (for "Previous")
-  let cursor = null;
-  let nextCursor = null;
-
-  const rows = h("tbody");
-  const info = h("span", {class: "muted", id: "page-info"});
   const error = h("p", {class: "error", role: "alert"});
-  const prev = h("button", {type: "button", id: "prev-page", onclick: () => {
-    cursor = cursors.pop() ?? null;
-    load();
-  }}, "← Previous");
-  const next = h("button", {type: "button", id: "next-page", onclick: () => {
-    cursors.push(cursor);
-    cursor = nextCursor;
-    load();
-  }}, "Next →");
-
-  async function load() {
-    try {
-      const page = await api("/api/jobs", {query: {...filters, limit: 25, cursor}});
-      fill(error);
-      nextCursor = page.next_cursor;
-      fill(rows, page.items.length ? page.items.map(row) : h("tr", {}, h("td", {colspan: 7, class: "muted"}, "No jobs match.")));
-      prev.disabled = cursors.length === 0;
-      next.disabled = !nextCursor;
-      fill(info, `page ${cursors.length + 1} · ${page.items.length} jobs`);
-    } catch (failure) {
-      fill(error, failure.message);
-    }
-  }
-
   const row = (job) => h("tr", {"data-job-id": job.id},
     h("td", {}, h("a", {href: `#/jobs/${encodeURIComponent(job.id)}`, class: "job-name"}, job.name)),
     h("td", {}, job.type),
@@ -71,6 +42,7 @@ export function jobsView({me, main, params}) {
     h("td", {class: "num"}, job.attempts),
     h("td", {}, job.schedule_id ? h("a", {href: `#/schedules/${job.schedule_id}`}, "schedule") : ""),
     me.all_tenants ? h("td", {}, job.tenant) : null);
+  const list = pagedList({path: "/api/jobs", query: filters, row, columns: 7, empty: "No jobs match.", noun: "jobs", error});
 
   // --- filters: kept in the address, so a filtered list can be bookmarked and shared.
   const statusBoxes = STATUSES.map((status) => h("label", {class: "check"},
@@ -108,10 +80,10 @@ export function jobsView({me, main, params}) {
     h("table", {class: "list", id: "jobs"},
       h("thead", {}, h("tr", {}, h("th", {}, "Name"), h("th", {}, "Type"), h("th", {}, "Status"),
         h("th", {}, "Due (UTC)"), h("th", {}, "Attempts"), h("th", {}, ""), me.all_tenants ? h("th", {}, "Tenant") : null)),
-      rows),
-    h("div", {class: "pager"}, prev, info, next));
-  load();
-  return subscribe({}, throttle(load, 1000));
+      list.rows),
+    list.pager);
+  list.load();
+  return subscribe({}, throttle(list.load, 1000));
 }
 
 function createForm(me) {

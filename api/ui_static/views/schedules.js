@@ -2,6 +2,7 @@
 
 import {api} from "../api.js";
 import {badge, duration, fill, h, when} from "../dom.js";
+import {pagedList} from "../paging.js";
 import {subscribe, throttle} from "../live.js";
 
 /** "cron 30 2 * * * (Europe/Berlin)" or "every 90 s". */
@@ -35,39 +36,25 @@ const FIGURES_MS = 15000;
 
 export function schedulesView({me, main}) {
   const figures = new Map();  // schedule id → {at, onTime}
-  const rows = h("tbody");
   const error = h("p", {class: "error", role: "alert"});
-  let cursor = null;
-  const cursors = [];
-  let nextCursor = null;
-  const prev = h("button", {type: "button", onclick: () => { cursor = cursors.pop() ?? null; load(); }}, "← Previous");
-  const next = h("button", {type: "button", onclick: () => { cursors.push(cursor); cursor = nextCursor; load(); }}, "Next →");
-
-  async function load() {
-    try {
-      const page = await api("/api/schedules", {query: {limit: 25, cursor}});
-      nextCursor = page.next_cursor;
-      prev.disabled = cursors.length === 0;
-      next.disabled = !nextCursor;
-      fill(error);
-      fill(rows, page.items.length ? page.items.map(row) : h("tr", {}, h("td", {colspan: 7, class: "muted"}, "No schedules yet.")));
-      // The on-time figures are in each schedule's own answer (not in the list's): read
-      // again at most every FIGURES_MS per schedule, however often the list is.
-      for (const schedule of page.items) {
-        const known = figures.get(schedule.id);
-        if (known && Date.now() - known.at < FIGURES_MS) {
-          showFigures(schedule.id, known.onTime);
-          continue;
-        }
-        api(`/api/schedules/${encodeURIComponent(schedule.id)}`).then((full) => {
-          figures.set(full.id, {at: Date.now(), onTime: full.on_time});
-          showFigures(full.id, full.on_time);
-        }).catch(() => {});
+  // The on-time figures are in each schedule's own answer (not in the list's): read again at
+  // most every FIGURES_MS per schedule, however often the list is.
+  function readFigures(items) {
+    for (const schedule of items) {
+      const known = figures.get(schedule.id);
+      if (known && Date.now() - known.at < FIGURES_MS) {
+        showFigures(schedule.id, known.onTime);
+        continue;
       }
-    } catch (failure) {
-      fill(error, failure.message);
+      api(`/api/schedules/${encodeURIComponent(schedule.id)}`).then((full) => {
+        figures.set(full.id, {at: Date.now(), onTime: full.on_time});
+        showFigures(full.id, full.on_time);
+      }).catch(() => {});
     }
   }
+  const list = pagedList({path: "/api/schedules", row: (schedule) => row(schedule), columns: 7,
+    empty: "No schedules yet.", noun: "schedules", error, onPage: readFigures});
+  const {rows, load} = list;
 
   function showFigures(id, figuresOf) {
     const cell = rows.querySelector(`tr[data-schedule-id="${CSS.escape(id)}"] .on-time`);
@@ -92,7 +79,7 @@ export function schedulesView({me, main}) {
       h("thead", {}, h("tr", {}, h("th", {}, "Name"), h("th", {}, "When"), h("th", {}, "Next fire (UTC)"),
         h("th", {}, "Last occurrence"), h("th", {}, "On time"), h("th", {}, ""), me.all_tenants ? h("th", {}, "Tenant") : null)),
       rows),
-    h("div", {class: "pager"}, prev, next));
+    list.pager);
   load();
   const stopLive = subscribe({}, throttle(load, 2000), {pollMs: 5000});
   const ticker = setInterval(load, 15000);  // next fire times move on by themselves

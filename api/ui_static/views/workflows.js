@@ -1,7 +1,7 @@
 // Workflows: the list, newest first, filtered by status and name, with keyset paging; live.
 
-import {api} from "../api.js";
 import {badge, fill, h, when} from "../dom.js";
+import {pagedList} from "../paging.js";
 import {subscribe, throttle} from "../live.js";
 
 export const WORKFLOW_STATUSES = ["RUNNING", "SUCCESS", "FAILED", "CANCELLED"];
@@ -16,38 +16,7 @@ export function taskCounts(counts) {
 export function workflowsView({me, main, params}) {
   const filters = {status: params.get("status") || "", name: params.get("name") || "",
     schedule_id: params.get("schedule_id") || ""};
-  const cursors = [];  // the cursors of the pages before this one (for "Previous")
-  let cursor = null;
-  let nextCursor = null;
-
-  const rows = h("tbody");
-  const info = h("span", {class: "muted", id: "page-info"});
   const error = h("p", {class: "error", role: "alert"});
-  const prev = h("button", {type: "button", id: "prev-page", onclick: () => {
-    cursor = cursors.pop() ?? null;
-    load();
-  }}, "← Previous");
-  const next = h("button", {type: "button", id: "next-page", onclick: () => {
-    cursors.push(cursor);
-    cursor = nextCursor;
-    load();
-  }}, "Next →");
-
-  async function load() {
-    try {
-      const page = await api("/api/workflows", {query: {...filters, limit: 25, cursor}});
-      fill(error);
-      nextCursor = page.next_cursor;
-      fill(rows, page.items.length ? page.items.map(row)
-        : h("tr", {}, h("td", {colspan: 6, class: "muted"}, "No workflows match.")));
-      prev.disabled = cursors.length === 0;
-      next.disabled = !nextCursor;
-      fill(info, `page ${cursors.length + 1} · ${page.items.length} workflows`);
-    } catch (failure) {
-      fill(error, failure.message);
-    }
-  }
-
   const row = (workflow) => h("tr", {"data-workflow-id": workflow.id, "data-status": workflow.status},
     h("td", {}, h("a", {href: `#/workflows/${encodeURIComponent(workflow.id)}`, class: "workflow-name"}, workflow.name)),
     h("td", {class: "workflow-status"}, badge(workflow.status)),
@@ -56,6 +25,8 @@ export function workflowsView({me, main, params}) {
     h("td", {class: "num"}, workflow.runs),
     h("td", {class: "time"}, when(workflow.finished_at)),
     me.all_tenants ? h("td", {}, workflow.tenant) : null);
+  const list = pagedList({path: "/api/workflows", query: filters, row, columns: 6, empty: "No workflows match.",
+    noun: "workflows", error});
 
   // Filters are kept in the address, so a filtered list can be bookmarked and shared.
   const filterForm = h("form", {id: "filters", class: "card filters", onsubmit: (event) => {
@@ -80,9 +51,9 @@ export function workflowsView({me, main, params}) {
     h("table", {class: "list", id: "workflows"},
       h("thead", {}, h("tr", {}, h("th", {}, "Name"), h("th", {}, "Status"), h("th", {}, "Due (UTC)"),
         h("th", {}, "Tasks"), h("th", {}, "Runs"), h("th", {}, "Finished (UTC)"), me.all_tenants ? h("th", {}, "Tenant") : null)),
-      rows),
-    h("div", {class: "pager"}, prev, info, next));
-  load();
+      list.rows),
+    list.pager);
+  list.load();
   // Any job's change may be a task's: read the page again, at most once a second.
-  return subscribe({}, throttle(load, 1000));
+  return subscribe({}, throttle(list.load, 1000));
 }
