@@ -31,7 +31,7 @@ import uuid
 from collections import deque
 from contextlib import closing
 from datetime import datetime
-from typing import Any, Callable, Iterable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping, TypeVar
 from urllib.parse import quote, urlsplit
 
 import requests
@@ -60,6 +60,9 @@ from chronoq.models import (
     WorkflowPage,
 )
 from chronoq.sse import SseParser
+
+#: What :meth:`Client.wait`-style polling and retried cancels return: a job or a workflow.
+_Item = TypeVar("_Item", Job, Workflow)
 
 log = logging.getLogger("chronoq.client")
 log.addHandler(logging.NullHandler())  # a library: the application decides what is shown
@@ -235,19 +238,37 @@ class Client:
         (SUCCESS, FAILED, CANCELLED or SKIPPED) and return it; :class:`~chronoq.errors.WaitTimeout`
         (with the job's last state) after ``timeout`` seconds."""
         deadline = None if timeout is None else time.monotonic() + timeout
+        return self._poll(lambda: self.jobs.get(job_id), f"job {job_id}", deadline, timeout)
+
+    def _poll(self, read: Callable[[], _Item], what: str, deadline: float | None, timeout: float | None) -> _Item:
+        """``read()`` (a job or a workflow) until it is finished, backing off from 0.1 s to 2 s
+        between reads; :class:`~chronoq.errors.WaitTimeout` with its last state at ``deadline``."""
         polls = 0
         while True:
-            job = self.jobs.get(job_id)
-            if job.finished:
-                return job
+            item = read()
+            if item.finished:
+                return item
             polls += 1
             pause = WAIT_BACKOFF.delay(polls)
             if deadline is not None:
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise errors.WaitTimeout(f"job {job_id} is still {job.status} after {timeout:g}s", job)
+                    raise errors.WaitTimeout(f"{what} is still {item.status} after {timeout:g}s", item)
                 pause = min(pause, left)
             self._sleep(pause)
+
+    def _cancel(self, path: str, read: Callable[[], _Item], parse: Callable[[Any], _Item]) -> _Item:
+        """DELETE ``path`` (a job or a workflow) and parse the answer. A 409 after a retry of our
+        own may be our first try's success: then ``read()`` shows it CANCELLED, and that is returned."""
+        try:
+            body, _ = self._send("DELETE", path)
+        except errors.Conflict as exc:
+            if exc.attempts > 1:  # our own first try may have cancelled it
+                item = read()
+                if item.status == "CANCELLED":
+                    return item
+            raise
+        return parse(body)
 
     def events(self, *, job_id: str | None = None, schedule_id: str | None = None,
                status: str | Iterable[str] | None = None, last_event_id: str | None = None,
@@ -450,15 +471,7 @@ class Jobs:
     def cancel(self, job_id: str) -> Job:
         """Cancel a job that has not started (:class:`~chronoq.errors.Conflict` naming its
         status otherwise). A cancel retried after a lost answer returns the cancelled job."""
-        try:
-            body, _ = self._c._send("DELETE", _path("api", "jobs", job_id))
-        except errors.Conflict as exc:
-            if exc.attempts > 1:  # our own first try may have cancelled it
-                job = self.get(job_id)
-                if job.status == "CANCELLED":
-                    return job
-            raise
-        return Job.from_json(body)
+        return self._c._cancel(_path("api", "jobs", job_id), lambda: self.get(job_id), Job.from_json)
 
     def trigger(self, job_id: str) -> Job:
         """Run a SCHEDULED or QUEUED job now (it keeps its id; ``original_execute_at`` its time)."""
@@ -544,15 +557,8 @@ class Workflows:
         """Cancel a workflow: its tasks that have not started are CANCELLED, running ones finish
         (:class:`~chronoq.errors.Conflict` if it had ended). A cancel retried after a lost answer
         returns the cancelled workflow."""
-        try:
-            body, _ = self._c._send("DELETE", _path("api", "workflows", workflow_id))
-        except errors.Conflict as exc:
-            if exc.attempts > 1:  # our own first try may have cancelled it
-                workflow = self.get(workflow_id)
-                if workflow.status == "CANCELLED":
-                    return workflow
-            raise
-        return Workflow.from_json(body)
+        return self._c._cancel(_path("api", "workflows", workflow_id), lambda: self.get(workflow_id),
+                               Workflow.from_json)
 
     def rerun(self, workflow_id: str) -> Workflow:
         """Run a FAILED or CANCELLED workflow again: its FAILED, CANCELLED and SKIPPED tasks run
@@ -594,28 +600,11 @@ class Workflows:
         except errors.NotFound:
             if opened:
                 raise  # the workflow itself is gone
-            return self._poll(workflow_id, deadline, timeout)
+            return self._c._poll(lambda: self.get(workflow_id), f"workflow {workflow_id}", deadline, timeout)
         last = self.get(workflow_id)  # the deadline passed: one last look
         if last.finished:
             return last
         raise errors.WaitTimeout(f"workflow {workflow_id} is still {last.status} after {timeout:g}s", last)
-
-    def _poll(self, workflow_id: str, deadline: float | None, timeout: float | None) -> Workflow:
-        """:meth:`wait` on an API without an event stream: poll, backing off as :meth:`Client.wait` does."""
-        polls = 0
-        while True:
-            workflow = self.get(workflow_id)
-            if workflow.finished:
-                return workflow
-            polls += 1
-            pause = WAIT_BACKOFF.delay(polls)
-            if deadline is not None:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise errors.WaitTimeout(f"workflow {workflow_id} is still {workflow.status} after {timeout:g}s",
-                                             workflow)
-                pause = min(pause, left)
-            self._c._sleep(pause)
 
 
 class Schedules:
